@@ -1,0 +1,126 @@
+"""The app's settings: one ``IMAGEKIT_BGREMOVE`` dict, read on every access.
+
+Reading at access time (never caching at import) is what lets ``override_settings`` and per-test
+emulators work. With no ``PRIVATE_KEY`` the app runs against the bundled ImageKit emulator, so a
+newcomer needs no account: the emulator defaults below fill in what a real account would provide.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+SETTINGS_NAME = "IMAGEKIT_BGREMOVE"
+
+# The credentials the bundled emulator starts with; they only ever unlock a local emulator.
+EMULATOR_PRIVATE_KEY = "private_emulator_key"
+EMULATOR_WEBHOOK_SECRET = "whsec_emulator_secret"
+
+DEFAULTS: dict[str, Any] = {
+    # ImageKit account. Empty PRIVATE_KEY means "use the emulator at EMULATOR_URL".
+    "PRIVATE_KEY": "",
+    "URL_ENDPOINT": "",
+    "UPLOAD_BASE_URL": "https://upload.imagekit.io",
+    "API_BASE_URL": "https://api.imagekit.io",
+    # Webhooks.
+    "WEBHOOK_SECRETS": [],
+    "WEBHOOK_TOLERANCE_SECONDS": 300,
+    "WEBHOOK_BASE_URL": "",
+    "WEBHOOK_REQUIRE_SIGNATURE": False,
+    "WEBHOOK_CONFIRM_WITH_API": False,
+    "WEBHOOK_MAX_BODY_BYTES": 512 * 1024,
+    "WEBHOOK_DELIVERY_RETENTION_DAYS": 30,
+    # What gets sent.
+    "DEFAULT_OPTIONS": {},
+    "FOLDER": "/bgremove",
+    "TAGS": [],
+    # HTTP behaviour of the client.
+    "CONNECT_TIMEOUT": 5.0,
+    "READ_TIMEOUT": 60.0,
+    "MAX_RETRIES": 3,
+    "RETRY_BACKOFF": 0.5,
+    "RETRY_BACKOFF_MAX": 30.0,
+    # Tasks.
+    "TASK_BACKEND": "default",
+    "TASK_QUEUE": "default",
+    "TASK_MAX_ATTEMPTS": 5,
+    "TASK_RETRY_DELAY": 30.0,
+    # Results.
+    "COPY_RESULT": True,
+    "RESULT_MAX_BYTES": 25 * 1024 * 1024,
+    "RESULT_SUFFIX": "_nobg",
+    # Lost callbacks.
+    "RECONCILE_AFTER_SECONDS": 600,
+    "PENDING_DEADLINE_SECONDS": 26 * 3600,
+    # The bundled emulator, used when PRIVATE_KEY is empty.
+    "EMULATOR_URL": "http://127.0.0.1:8790",
+    "EMULATOR_AUTOSTART": True,
+}
+
+
+class AppSettings:
+    """Upper-case attributes are the raw keys (user value or default); lower-case ones are the
+    effective values the rest of the app should use, with the emulator filled in when no account
+    is configured."""
+
+    def _user(self) -> dict[str, Any]:
+        return getattr(settings, SETTINGS_NAME, None) or {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"{SETTINGS_NAME} has no setting {name!r}")
+        return self._user().get(name, DEFAULTS[name])
+
+    def is_set(self, name: str) -> bool:
+        return name in self._user()
+
+    @property
+    def emulator_mode(self) -> bool:
+        return not self.PRIVATE_KEY
+
+    @property
+    def private_key(self) -> str:
+        return self.PRIVATE_KEY or EMULATOR_PRIVATE_KEY
+
+    def _emulator_or(self, name: str) -> str:
+        if self.emulator_mode and not self.is_set(name):
+            return str(self.EMULATOR_URL).rstrip("/")
+        return str(getattr(self, name)).rstrip("/")
+
+    @property
+    def upload_base_url(self) -> str:
+        return self._emulator_or("UPLOAD_BASE_URL")
+
+    @property
+    def api_base_url(self) -> str:
+        return self._emulator_or("API_BASE_URL")
+
+    @property
+    def url_endpoint(self) -> str:
+        if self.URL_ENDPOINT:
+            return str(self.URL_ENDPOINT).rstrip("/")
+        if self.emulator_mode:
+            return str(self.EMULATOR_URL).rstrip("/") + "/ik"
+        return ""
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        secrets = self.WEBHOOK_SECRETS
+        if isinstance(secrets, str):
+            secrets = [s.strip() for s in secrets.split(",")]
+        secrets = [s for s in secrets if s]
+        if not secrets and self.emulator_mode:
+            return [EMULATOR_WEBHOOK_SECRET]
+        return secrets
+
+    @property
+    def webhook_base_url(self) -> str:
+        return str(self.WEBHOOK_BASE_URL).rstrip("/")
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        return (float(self.CONNECT_TIMEOUT), float(self.READ_TIMEOUT))
+
+
+app_settings = AppSettings()

@@ -1,0 +1,68 @@
+"""Settings for the test suite. DATABASE_URL picks the database (SQLite by default)."""
+
+import environ
+
+env = environ.Env()
+
+SECRET_KEY = "tests-only-secret-key"
+DEBUG = False
+USE_TZ = True
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "rest_framework",
+    "imagekit_bgremove",
+    "tests.testapp",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default="sqlite:///:memory:")}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Threads (live server, emulator callbacks) share the in-memory database in tests.
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = ""
+
+TASKS = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
+try:
+    import django.tasks  # noqa: F401
+except ImportError:  # Django 5.2 with the django-tasks backport
+    TASKS["default"]["BACKEND"] = "django_tasks.backends.immediate.ImmediateBackend"
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+IMAGEKIT_BGREMOVE = {
+    "WEBHOOK_BASE_URL": "http://testserver",
+    "EMULATOR_AUTOSTART": False,
+    "RETRY_BACKOFF": 0.01,
+    "RETRY_BACKOFF_MAX": 0.05,
+}
