@@ -10,6 +10,8 @@ except ImportError:  # Django 5.2
     from django_tasks import TaskResultStatus, task, task_backends  # type: ignore[no-redef]
     from django_tasks.exceptions import (  # type: ignore[no-redef]
         InvalidTaskBackendError as InvalidTaskBackend,
+    )
+    from django_tasks.exceptions import (
         InvalidTaskError as InvalidTask,
     )
 

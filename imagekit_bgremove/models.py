@@ -36,7 +36,9 @@ class Trigger(models.TextChoices):
 
 
 class RemovalJobQuerySet(models.QuerySet):
-    def for_object(self, instance: models.Model, field_name: str | None = None) -> RemovalJobQuerySet:
+    def for_object(
+        self, instance: models.Model, field_name: str | None = None
+    ) -> RemovalJobQuerySet:
         qs = self.filter(
             content_type=ContentType.objects.get_for_model(instance, for_concrete_model=False),
             object_id=str(instance.pk),
@@ -67,7 +69,9 @@ class RemovalJob(models.Model):
 
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
     options = models.JSONField(default=dict, blank=True)
-    force = models.BooleanField(default=False, help_text="Submit even if an identical result exists.")
+    force = models.BooleanField(
+        default=False, help_text="Submit even if an identical result exists."
+    )
     trigger = models.CharField(max_length=20, choices=Trigger.choices, default=Trigger.SAVE)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -99,7 +103,11 @@ class RemovalJob(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     duplicate_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="duplicates",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="duplicates",
         help_text="An identical earlier job whose result this job shares.",
     )
     superseded_by = models.ForeignKey(
@@ -116,13 +124,16 @@ class RemovalJob(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
-            models.Index(fields=["content_type", "object_id", "field_name", "-created_at"],
-                         name="ikbg_job_object_idx"),
+            models.Index(
+                fields=["content_type", "object_id", "field_name", "-created_at"],
+                name="ikbg_job_object_idx",
+            ),
             models.Index(fields=["status", "updated_at"], name="ikbg_job_status_idx"),
         ]
 
     def __str__(self) -> str:
-        return f"Removal #{self.pk} of {self.content_type.model} {self.object_id}.{self.field_name} ({self.status})"
+        target = f"{self.content_type.model} {self.object_id}.{self.field_name}"
+        return f"Removal #{self.pk} of {target} ({self.status})"
 
     @property
     def remove_bg_options(self) -> RemoveBgOptions:
@@ -171,4 +182,5 @@ class WebhookDelivery(models.Model):
         verbose_name_plural = "webhook deliveries"
 
     def __str__(self) -> str:
-        return f"Delivery #{self.pk} at {self.received_at:%Y-%m-%d %H:%M:%S} ({self.verdict or 'open'})"
+        when = f"{self.received_at:%Y-%m-%d %H:%M:%S}"
+        return f"Delivery #{self.pk} at {when} ({self.verdict or 'open'})"

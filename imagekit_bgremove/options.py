@@ -48,14 +48,17 @@ class OptionsError(ValueError):
     def __init__(self, errors: Mapping[str, list[str]]):
         self.errors = {key: list(messages) for key, messages in errors.items()}
         super().__init__(
-            "; ".join(message for messages in self.errors.values() for message in messages)
+            " ".join(message for messages in self.errors.values() for message in messages)
         )
 
     def as_validation_error(self):  # -> django.core.exceptions.ValidationError
         from django.core.exceptions import ValidationError
 
         return ValidationError(
-            {key: [ValidationError(m, code="invalid") for m in msgs] for key, msgs in self.errors.items()}
+            {
+                key: [ValidationError(m, code="invalid") for m in msgs]
+                for key, msgs in self.errors.items()
+            }
         )
 
 
@@ -71,14 +74,19 @@ class RemoveBgOptions:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None, *, base: RemoveBgOptions | None = None,
-                  form: bool = False) -> RemoveBgOptions:
+    def from_dict(
+        cls,
+        data: Mapping[str, Any] | None,
+        *,
+        base: RemoveBgOptions | None = None,
+        form: bool = False,
+    ) -> RemoveBgOptions:
         """Validate ``data`` (keys override ``base``). ``form=True`` accepts the string booleans
         that HTML forms and query strings send ("on", "true", "0", ...)."""
         data = dict(data or {})
         errors: dict[str, list[str]] = {}
         allowed = cls.field_names()
-        unknown = sorted(k for k in data if k not in allowed)
+        unknown = sorted(str(k) for k in data if k not in allowed)
         if unknown:
             errors[NON_FIELD] = [
                 f"Unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
@@ -113,7 +121,9 @@ class RemoveBgOptions:
         return cls(**values)
 
     @classmethod
-    def from_json(cls, text: str | bytes, *, base: RemoveBgOptions | None = None) -> RemoveBgOptions:
+    def from_json(
+        cls, text: str | bytes, *, base: RemoveBgOptions | None = None
+    ) -> RemoveBgOptions:
         try:
             data = json.loads(text) if text else {}
         except ValueError as exc:
@@ -123,18 +133,23 @@ class RemoveBgOptions:
         return cls.from_dict(data, base=base)
 
     @classmethod
-    def from_form(cls, data: Mapping[str, Any], *, base: RemoveBgOptions | None = None,
-                  prefix: str = "") -> RemoveBgOptions:
+    def from_form(
+        cls, data: Mapping[str, Any], *, base: RemoveBgOptions | None = None, prefix: str = ""
+    ) -> RemoveBgOptions:
         """Read the option fields present in form data (a QueryDict or dict); other keys are
         ignored because a form carries more than options."""
         picked = {name: data[prefix + name] for name in cls.field_names() if prefix + name in data}
         return cls.from_dict(picked, base=base, form=True)
 
     @classmethod
-    def coerce(cls, value: RemoveBgOptions | Mapping[str, Any] | str | bytes | None,
-               *, base: RemoveBgOptions | None = None) -> RemoveBgOptions:
+    def coerce(
+        cls,
+        value: RemoveBgOptions | Mapping[str, Any] | str | bytes | None,
+        *,
+        base: RemoveBgOptions | None = None,
+    ) -> RemoveBgOptions:
         if isinstance(value, RemoveBgOptions):
-            return value if base is None else cls.from_dict(value.explicit(), base=base)
+            return value  # already complete and valid: a base has nothing to add
         if isinstance(value, str | bytes):
             return cls.from_json(value, base=base)
         return cls.from_dict(value, base=base)
@@ -167,7 +182,9 @@ class RemoveBgOptions:
         return self.from_dict(changes, base=self) if changes else self
 
     def __str__(self) -> str:
-        parts = [k.replace("_", " ") if v is True else f"{k}={v}" for k, v in self.explicit().items()]
+        parts = [
+            k.replace("_", " ") if v is True else f"{k}={v}" for k, v in self.explicit().items()
+        ]
         return ", ".join(parts) or "defaults"
 
 
@@ -213,4 +230,3 @@ def _image_url(value: Any) -> str | None:
     if any(ch.isspace() for ch in text):
         raise ValueError("must not contain spaces.")
     return text
-

@@ -76,8 +76,13 @@ def sign_standard(body: bytes, secret: str, webhook_id: str, timestamp_s: int) -
     return "v1," + base64.b64encode(_mac(secret, signed)).decode("ascii")
 
 
-def signature_headers(body: bytes, secrets: str | Iterable[str], *, now: float | None = None,
-                      webhook_id: str | None = None) -> dict[str, str]:
+def signature_headers(
+    body: bytes,
+    secrets: str | Iterable[str],
+    *,
+    now: float | None = None,
+    webhook_id: str | None = None,
+) -> dict[str, str]:
     """Headers signing ``body`` with both schemes, once per secret (as during rotation)."""
     secrets = [secrets] if isinstance(secrets, str) else list(secrets)
     now = time.time() if now is None else now
@@ -89,8 +94,21 @@ def signature_headers(body: bytes, secrets: str | Iterable[str], *, now: float |
         LEGACY_HEADER: ",".join([legacy[0]] + [part.split(",", 1)[1] for part in legacy[1:]]),
         STANDARD_ID_HEADER: webhook_id,
         STANDARD_TIMESTAMP_HEADER: str(seconds),
-        STANDARD_SIGNATURE_HEADER: " ".join(sign_standard(body, s, webhook_id, seconds) for s in secrets),
+        STANDARD_SIGNATURE_HEADER: " ".join(
+            sign_standard(body, s, webhook_id, seconds) for s in secrets
+        ),
     }
+
+
+def _is_timestamp(value: str) -> bool:
+    # ASCII digits only ("²".isdigit() is True but int() refuses it), and short enough for
+    # int() and float division not to raise.
+    return value.isascii() and value.isdigit() and len(value) <= 20
+
+
+def _same(expected: str, candidate: str) -> bool:
+    # Bytes: compare_digest raises TypeError on str with non-ASCII characters.
+    return hmac.compare_digest(expected.encode(), candidate.encode("utf-8", "replace"))
 
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:
@@ -102,8 +120,14 @@ def has_signature(headers: Mapping[str, str]) -> bool:
     return LEGACY_HEADER in lowered or STANDARD_SIGNATURE_HEADER in lowered
 
 
-def verify(body: bytes, headers: Mapping[str, str], secrets: Sequence[str], *,
-           tolerance: float = 300, now: float | Callable[[], float] | None = None) -> VerifiedSignature:
+def verify(
+    body: bytes,
+    headers: Mapping[str, str],
+    secrets: Sequence[str],
+    *,
+    tolerance: float = 300,
+    now: float | Callable[[], float] | None = None,
+) -> VerifiedSignature:
     """Check ``body`` against whichever schemes ``headers`` carry, with every secret.
 
     Succeeds if any present scheme verifies; otherwise raises the most telling SignatureError
@@ -138,8 +162,13 @@ def _check_age(timestamp: float, current: float, tolerance: float) -> None:
         )
 
 
-def _verify_legacy(body: bytes, headers: Mapping[str, str], secrets: Sequence[str],
-                   tolerance: float, current: float) -> VerifiedSignature:
+def _verify_legacy(
+    body: bytes,
+    headers: Mapping[str, str],
+    secrets: Sequence[str],
+    tolerance: float,
+    current: float,
+) -> VerifiedSignature:
     raw = headers[LEGACY_HEADER]
     timestamp: str | None = None
     candidates: list[str] = []
@@ -151,22 +180,27 @@ def _verify_legacy(body: bytes, headers: Mapping[str, str], secrets: Sequence[st
             timestamp = value
         elif key == "v1":
             candidates.append(value.lower())
-    if timestamp is None or not timestamp.isdigit() or not candidates:
+    if timestamp is None or not _is_timestamp(timestamp) or not candidates:
         raise SignatureMalformed(f"{LEGACY_HEADER} lacks a numeric t= or a v1= signature")
     _check_age(int(timestamp) / 1000, current, tolerance)
     signed = timestamp.encode() + b"." + body
     for secret in secrets:
         expected = _mac(secret, signed).hex()
-        if any(hmac.compare_digest(expected, candidate) for candidate in candidates):
+        if any(_same(expected, candidate) for candidate in candidates):
             return VerifiedSignature("legacy", int(timestamp) / 1000)
     raise SignatureMismatch(f"{LEGACY_HEADER} does not match the body with any configured secret")
 
 
-def _verify_standard(body: bytes, headers: Mapping[str, str], secrets: Sequence[str],
-                     tolerance: float, current: float) -> VerifiedSignature:
+def _verify_standard(
+    body: bytes,
+    headers: Mapping[str, str],
+    secrets: Sequence[str],
+    tolerance: float,
+    current: float,
+) -> VerifiedSignature:
     webhook_id = headers.get(STANDARD_ID_HEADER, "")
     timestamp = headers.get(STANDARD_TIMESTAMP_HEADER, "")
-    if not webhook_id or not timestamp.isdigit():
+    if not webhook_id or not _is_timestamp(timestamp):
         raise SignatureMalformed(
             f"{STANDARD_SIGNATURE_HEADER} needs {STANDARD_ID_HEADER} and a numeric "
             f"{STANDARD_TIMESTAMP_HEADER}"
@@ -175,7 +209,9 @@ def _verify_standard(body: bytes, headers: Mapping[str, str], secrets: Sequence[
     for entry in headers[STANDARD_SIGNATURE_HEADER].split():
         version, sep, value = entry.partition(",")
         if not sep:
-            raise SignatureMalformed(f"{STANDARD_SIGNATURE_HEADER} entry {entry!r} is not v1,<base64>")
+            raise SignatureMalformed(
+                f"{STANDARD_SIGNATURE_HEADER} entry {entry!r} is not v1,<base64>"
+            )
         if version == "v1":
             candidates.append(value)
     if not candidates:
@@ -184,7 +220,7 @@ def _verify_standard(body: bytes, headers: Mapping[str, str], secrets: Sequence[
     signed = f"{webhook_id}.{timestamp}.".encode() + body
     for secret in secrets:
         expected = base64.b64encode(_mac(secret, signed)).decode("ascii")
-        if any(hmac.compare_digest(expected, candidate) for candidate in candidates):
+        if any(_same(expected, candidate) for candidate in candidates):
             return VerifiedSignature("standard", int(timestamp), webhook_id)
     raise SignatureMismatch(
         f"{STANDARD_SIGNATURE_HEADER} does not match the body with any configured secret"

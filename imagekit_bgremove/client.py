@@ -1,0 +1,712 @@
+"""A small, careful HTTP client for the parts of ImageKit's API this app uses.
+
+* One ``requests.Session`` per client; HTTP Basic auth with the private key as the user name and an
+  empty password, sent only to the API and upload bases (never to delivery URLs).
+* Uploads stream: the multipart body is produced chunk by chunk from the file, with an exact
+  Content-Length, so a large upload never sits in memory whole. Retries re-send it from the start.
+* Retries connection errors, timeouts, 408/409/429 and 5xx with capped exponential backoff and full
+  jitter; a 429 waits as long as ImageKit says (``X-RateLimit-Reset`` in ms, or ``Retry-After``).
+* Errors become the classes in :mod:`imagekit_bgremove.exceptions`, with ImageKit's message, help
+  and ``x-ik-requestId``. The private key never appears in an error, a ``repr`` or a log line.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import mimetypes
+import os
+import random
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlsplit
+
+import requests
+from requests.auth import AuthBase
+
+from . import __version__
+from .exceptions import (
+    REQUEST_ID_HEADER,
+    ImageKitError,
+    ImageKitTimeout,
+    ResponseTooLargeError,
+    TransportError,
+    error_from_response,
+)
+
+logger = logging.getLogger(__name__)
+
+UPLOAD_PATH = "/api/v1/files/upload"
+FILES_PATH = "/v1/files"
+USER_AGENT = f"imagekit-bgremove/{__version__} python-requests/{requests.__version__}"
+
+CHUNK_SIZE = 64 * 1024
+# How much of an error response body to read from a streamed download.
+ERROR_BODY_LIMIT = 64 * 1024
+
+FileInput = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO | Any
+Timeout = float | tuple[float, float]
+
+
+class _KeyAuth(AuthBase):
+    """HTTP Basic auth with the private key as user name and an empty password."""
+
+    def __init__(self, private_key: str):
+        token = base64.b64encode(f"{private_key}:".encode()).decode("ascii")
+        self._header = f"Basic {token}"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = self._header
+        return request
+
+    def __repr__(self) -> str:
+        return "<ImageKit private key auth>"
+
+
+class _NoAuth(AuthBase):
+    """Explicitly no credentials (also keeps requests from looking into ~/.netrc)."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming multipart bodies
+
+
+class _UploadSource:
+    """The file of an upload, readable again from its start for every attempt.
+
+    bytes are used in place; a path is opened once; a seekable file object is read from where it
+    stands now; anything else is first spooled to an anonymous temporary file on disk."""
+
+    def __init__(self, file: FileInput):
+        self._data: memoryview | None = None
+        self._stream: Any = None
+        self._owned: Any = None
+        self._start = 0
+        if isinstance(file, bytes | bytearray | memoryview):
+            self._data = memoryview(file).cast("B")
+            self.size = self._data.nbytes
+        elif isinstance(file, str | os.PathLike):
+            self._owned = self._stream = open(file, "rb")  # noqa: SIM115 - closed in close()
+            self.size = os.fstat(self._stream.fileno()).st_size
+        elif hasattr(file, "read"):
+            if isinstance(file, io.TextIOBase):
+                raise TypeError("the file must be opened in binary mode ('rb'), not text mode")
+            if _seekable(file):
+                self._stream = file
+                self._start = file.tell()
+                file.seek(0, os.SEEK_END)
+                self.size = max(0, file.tell() - self._start)
+                file.seek(self._start)
+            else:
+                # Not seekable (a pipe, a network stream): keep a copy on disk for retries.
+                self._owned = self._stream = tempfile.TemporaryFile()  # noqa: SIM115
+                self.size = 0
+                try:
+                    while True:
+                        chunk = file.read(CHUNK_SIZE)
+                        if not chunk:
+                            break
+                        self._stream.write(_as_bytes(chunk))
+                        self.size += len(chunk)
+                    self._stream.seek(0)
+                except BaseException:
+                    self.close()
+                    raise
+        else:
+            raise TypeError(
+                f"file must be bytes, a path or a binary file object, not {type(file).__name__}"
+            )
+
+    def rewind(self) -> Callable[[int], bytes]:
+        """Start again from the beginning; returns a ``read(n)`` for this attempt."""
+        if self._data is not None:
+            data = self._data
+            position = 0
+
+            def read_bytes(n: int) -> bytes:
+                nonlocal position
+                chunk = data[position : position + n].tobytes()
+                position += len(chunk)
+                return chunk
+
+            return read_bytes
+        self._stream.seek(self._start)
+        stream = self._stream
+
+        def read_stream(n: int) -> bytes:
+            return _as_bytes(stream.read(n))
+
+        return read_stream
+
+    def close(self) -> None:
+        if self._owned is not None:
+            self._owned.close()
+            self._owned = None
+
+
+def _seekable(file: Any) -> bool:
+    try:
+        seekable = getattr(file, "seekable", None)
+        if seekable is not None and not seekable():
+            return False
+        file.tell()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+def _as_bytes(chunk: Any) -> bytes:
+    if isinstance(chunk, str):
+        raise TypeError("the file must be opened in binary mode ('rb'), not text mode")
+    return bytes(chunk) if not isinstance(chunk, bytes) else chunk
+
+
+class _MultipartStream:
+    """A multipart/form-data body produced on demand: text parts from memory, the file part read
+    in chunks. ``len()`` is the exact body size, so requests sends a Content-Length."""
+
+    def __init__(self, preamble: bytes, source: _UploadSource, epilogue: bytes):
+        self._parts: list[bytes | tuple[Callable[[int], bytes], int]] = [
+            preamble,
+            (source.rewind(), source.size),
+            epilogue,
+        ]
+        self._length = len(preamble) + source.size + len(epilogue)
+        self._index = 0
+        self._offset = 0  # within the current part
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(CHUNK_SIZE), b""))
+        while self._index < len(self._parts):
+            part = self._parts[self._index]
+            if isinstance(part, bytes):
+                chunk = part[self._offset : self._offset + size]
+            else:
+                read, total = part
+                remaining = total - self._offset
+                chunk = read(min(size, remaining)) if remaining > 0 else b""
+                if remaining > 0 and not chunk:
+                    raise ImageKitError(
+                        f"the file ended after {self._offset} of its {total} bytes while "
+                        "uploading; was it changed meanwhile?",
+                        retryable=False,
+                    )
+            if chunk:
+                self._offset += len(chunk)
+                return chunk
+            self._index += 1
+            self._offset = 0
+        return b""
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(lambda: self.read(CHUNK_SIZE), b"")
+
+
+def _quote_header_value(value: str) -> str:
+    """Escape a form-data name or filename as browsers do (WHATWG HTML): ", CR and LF."""
+    return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _multipart_factory(
+    fields: Sequence[tuple[str, str]], source: _UploadSource, file_name: str, content_type: str
+) -> Callable[[], tuple[_MultipartStream, dict[str, str]]]:
+    """A function returning a fresh body (and its headers) for each attempt."""
+    boundary = f"imagekit-bgremove-{uuid.uuid4().hex}"
+    dash = f"--{boundary}\r\n".encode()
+    pieces = []
+    for name, value in fields:
+        pieces.append(dash)
+        pieces.append(
+            f'Content-Disposition: form-data; name="{_quote_header_value(name)}"\r\n\r\n'.encode()
+        )
+        pieces.append(value.encode("utf-8"))
+        pieces.append(b"\r\n")
+    pieces.append(dash)
+    pieces.append(
+        (
+            'Content-Disposition: form-data; name="file"; '
+            f'filename="{_quote_header_value(file_name)}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+    )
+    preamble = b"".join(pieces)
+    epilogue = f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    def make() -> tuple[_MultipartStream, dict[str, str]]:
+        return _MultipartStream(preamble, source, epilogue), dict(headers)
+
+    return make
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _extensions(extensions: Any) -> list[Any]:
+    """Extension items as dicts; RemoveBgOptions (anything with ``to_extension``) is converted."""
+    if isinstance(extensions, Mapping) or hasattr(extensions, "to_extension"):
+        extensions = [extensions]
+    return [item.to_extension() if hasattr(item, "to_extension") else item for item in extensions]
+
+
+def _tags(tags: Iterable[str] | str) -> list[str]:
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    cleaned = [str(tag).strip() for tag in tags]
+    for tag in cleaned:
+        if "," in tag:
+            raise ValueError(f"tag {tag!r} contains a comma; ImageKit tags cannot")
+    return [tag for tag in cleaned if tag]
+
+
+def _comma_list(values: Iterable[str] | str) -> str:
+    return values if isinstance(values, str) else ",".join(str(v) for v in values)
+
+
+# ---------------------------------------------------------------------------------------------
+# The client
+
+
+class ImageKitClient:
+    """ImageKit API client. Every argument defaults to the ``IMAGEKIT_BGREMOVE`` setting behind it;
+    passing all of them needs no Django settings at all."""
+
+    def __init__(
+        self,
+        *,
+        private_key: str | None = None,
+        upload_base_url: str | None = None,
+        api_base_url: str | None = None,
+        timeout: Timeout | None = None,
+        max_retries: int | None = None,
+        backoff: float | None = None,
+        backoff_max: float | None = None,
+        sleep: Callable[[float], Any] | None = None,
+        session: requests.Session | None = None,
+    ):
+        def setting(value: Any, name: str) -> Any:
+            if value is not None:
+                return value
+            from .conf import app_settings
+
+            return getattr(app_settings, name)
+
+        key = str(setting(private_key, "private_key"))
+        self.upload_base_url = str(setting(upload_base_url, "upload_base_url")).rstrip("/")
+        self.api_base_url = str(setting(api_base_url, "api_base_url")).rstrip("/")
+        self.timeout = _timeout(setting(timeout, "timeout"))
+        self.max_retries = int(setting(max_retries, "MAX_RETRIES"))
+        self.backoff = float(setting(backoff, "RETRY_BACKOFF"))
+        self.backoff_max = float(setting(backoff_max, "RETRY_BACKOFF_MAX"))
+        if self.max_retries < 0 or self.backoff < 0 or self.backoff_max < 0:
+            raise ValueError("max_retries, backoff and backoff_max must not be negative")
+        self._sleep = sleep or time.sleep
+        self._auth = _KeyAuth(key)
+        self._no_auth = _NoAuth()
+        # Only kept to scrub it out of anything the server might echo back.
+        self._secrets = tuple(
+            s for s in (key, base64.b64encode(f"{key}:".encode()).decode("ascii")) if len(s) >= 4
+        )
+        self._session = session or requests.Session()
+        self._session.headers["User-Agent"] = USER_AGENT
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<ImageKitClient upload={self.upload_base_url!r} api={self.api_base_url!r}>"
+
+    def close(self) -> None:
+        self._session.close()
+        self.closed = True
+
+    def __enter__(self) -> ImageKitClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- API ----------------------------------------------------------------------------------
+
+    def upload(
+        self,
+        file: FileInput,
+        file_name: str,
+        *,
+        folder: str | None = None,
+        use_unique_file_name: bool | None = None,
+        overwrite_file: bool | None = None,
+        tags: Iterable[str] | str = (),
+        extensions: Iterable[Any] | None = None,
+        webhook_url: str | None = None,
+        custom_metadata: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        is_private_file: bool | None = None,
+        response_fields: Iterable[str] | str | None = None,
+    ) -> dict[str, Any]:
+        """Upload ``file`` (bytes, a path or a binary file object) as ``file_name``.
+
+        Returns ImageKit's JSON: ``fileId``, ``url``, ``versionInfo``, ``extensionStatus``, ...
+        A retried upload can create a second file: callers make submission idempotent."""
+        if not file_name:
+            raise ValueError("file_name is required")
+        fields: list[tuple[str, str]] = [("fileName", file_name)]
+        if folder is not None:
+            fields.append(("folder", folder))
+        if use_unique_file_name is not None:
+            fields.append(("useUniqueFileName", _bool(use_unique_file_name)))
+        if overwrite_file is not None:
+            fields.append(("overwriteFile", _bool(overwrite_file)))
+        tag_list = _tags(tags or ())
+        if tag_list:
+            fields.append(("tags", ",".join(tag_list)))
+        if is_private_file is not None:
+            fields.append(("isPrivateFile", _bool(is_private_file)))
+        if custom_metadata is not None:
+            fields.append(("customMetadata", _compact_json(dict(custom_metadata))))
+        if response_fields:
+            fields.append(("responseFields", _comma_list(response_fields)))
+        if description is not None:
+            fields.append(("description", description))
+        if extensions is not None:
+            items = (
+                extensions
+                if isinstance(extensions, str)
+                else _compact_json(_extensions(extensions))
+            )
+            fields.append(("extensions", items))
+        if webhook_url is not None:
+            fields.append(("webhookUrl", webhook_url))
+        content_type = (
+            getattr(file, "content_type", None)
+            or mimetypes.guess_type(file_name)[0]
+            or "application/octet-stream"
+        )
+        source = _UploadSource(file)
+        try:
+            make_body = _multipart_factory(fields, source, file_name, str(content_type))
+            return self._call("POST", self.upload_base_url + UPLOAD_PATH, make_body=make_body)
+        finally:
+            source.close()
+
+    def update_file_details(
+        self,
+        file_id: str,
+        *,
+        extensions: Iterable[Any] | None = None,
+        webhook_url: str | None = None,
+        tags: Iterable[str] | None = None,
+        custom_metadata: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        remove_ai_tags: Iterable[str] | str | None = None,
+        custom_coordinates: str | None = None,
+    ) -> dict[str, Any]:
+        """PATCH the file's details; sends only the arguments given (camelCase on the wire)."""
+        body: dict[str, Any] = {}
+        if extensions is not None:
+            body["extensions"] = _extensions(extensions)
+        if webhook_url is not None:
+            body["webhookUrl"] = webhook_url
+        if tags is not None:
+            body["tags"] = _tags(tags)
+        if custom_coordinates is not None:
+            body["customCoordinates"] = custom_coordinates
+        if custom_metadata is not None:
+            body["customMetadata"] = dict(custom_metadata)
+        if remove_ai_tags is not None:
+            body["removeAITags"] = (
+                remove_ai_tags if isinstance(remove_ai_tags, str) else list(remove_ai_tags)
+            )
+        if description is not None:
+            body["description"] = description
+        return self._call("PATCH", self._file_url(file_id, "details"), json_body=body)
+
+    def get_file_details(self, file_id: str) -> dict[str, Any]:
+        return self._call("GET", self._file_url(file_id, "details"))
+
+    def list_versions(self, file_id: str) -> list[dict[str, Any]]:
+        return self._call("GET", self._file_url(file_id, "versions"))
+
+    def restore_version(self, file_id: str, version_id: str) -> dict[str, Any]:
+        url = self._file_url(file_id, "versions", version_id, "restore")
+        return self._call("PUT", url)
+
+    def download(self, url: str, *, max_bytes: int) -> tuple[bytes, str]:
+        """GET a delivery URL (no credentials sent) and return ``(content, content type)``.
+
+        Refuses, with :class:`ResponseTooLargeError`, anything over ``max_bytes``: at once when
+        Content-Length says so, otherwise as soon as more than ``max_bytes`` have arrived."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an absolute http(s) URL: {url!r}")
+
+        def read(response: requests.Response) -> tuple[bytes, str]:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise self._too_large(response, max_bytes, int(declared))
+            buffer = bytearray()
+            for chunk in response.iter_content(CHUNK_SIZE):
+                buffer += chunk
+                if len(buffer) > max_bytes:
+                    raise self._too_large(response, max_bytes, None)
+            content_type = response.headers.get("Content-Type", "")
+            media_type = content_type.split(";", 1)[0].strip().lower()
+            return bytes(buffer), media_type or "application/octet-stream"
+
+        return self._request("GET", url, authenticated=False, stream=True, handle=read)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _file_url(self, file_id: str, *segments: str) -> str:
+        if not file_id:
+            raise ValueError("file_id is required")
+        path = "/".join(quote(str(s), safe="") for s in (file_id, *segments))
+        return f"{self.api_base_url}{FILES_PATH}/{path}"
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> Any:
+        return self._request(method, url, handle=self._parse_json, **kwargs)
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        handle: Callable[[requests.Response], Any],
+        json_body: Any = None,
+        make_body: Callable[[], tuple[Any, dict[str, str]]] | None = None,
+        authenticated: bool = True,
+        stream: bool = False,
+    ) -> Any:
+        path = urlsplit(url).path
+        attempt = 0
+        while True:
+            attempt += 1
+            headers = {"Accept": "application/json"} if authenticated else {}
+            data = None
+            if make_body is not None:
+                data, extra = make_body()
+                headers.update(extra)
+            error: ImageKitError
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    data=data,
+                    json=json_body,
+                    headers=headers,
+                    timeout=self.timeout,
+                    auth=self._auth if authenticated else self._no_auth,
+                    stream=stream,
+                    # An API redirect would re-send a consumed body; ImageKit does not redirect.
+                    allow_redirects=not authenticated,
+                )
+            except requests.RequestException as exc:
+                error = self._transport_error(exc, method, path)
+            else:
+                try:
+                    if response.status_code < 300:
+                        try:
+                            return handle(response)
+                        except (
+                            requests.ConnectionError,
+                            requests.Timeout,
+                            requests.exceptions.ChunkedEncodingError,
+                        ) as exc:
+                            error = self._transport_error(exc, method, path)
+                    else:
+                        error = self._error_from(response, method, path, streamed=stream)
+                finally:
+                    response.close()
+            error.attempts = attempt
+            if not error.retryable or attempt > self.max_retries:
+                raise error from error.__cause__
+            delay = self._retry_delay(attempt, error)
+            if delay is None:
+                logger.warning(
+                    "ImageKit %s %s: asked to wait %.1f s (request id %s), longer than "
+                    "RETRY_BACKOFF_MAX %.1f s; giving up",
+                    method,
+                    path,
+                    error.retry_after,
+                    error.request_id or "-",
+                    self.backoff_max,
+                )
+                raise error from error.__cause__
+            logger.warning(
+                "ImageKit %s %s failed (%s, request id %s); retry %d of %d in %.2f s",
+                method,
+                path,
+                error.status if error.status is not None else type(error).__name__,
+                error.request_id or "-",
+                attempt,
+                self.max_retries,
+                delay,
+            )
+            self._sleep(delay)
+
+    def _retry_delay(self, attempt: int, error: ImageKitError) -> float | None:
+        """Full-jitter exponential backoff; at least what the server asked for, or ``None``
+        (give up) when it asked for longer than ``backoff_max``."""
+        ceiling = min(self.backoff_max, self.backoff * 2 ** min(attempt - 1, 60))
+        delay = random.uniform(0, ceiling)
+        if error.retry_after is not None:
+            if error.retry_after > self.backoff_max:
+                return None
+            delay = min(max(delay, error.retry_after), self.backoff_max)
+        return delay
+
+    def _redact(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                value = value.replace(secret, "[redacted]")
+            return value
+        if isinstance(value, Mapping):
+            return {self._redact(k): self._redact(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._redact(v) for v in value]
+        return value
+
+    def _transport_error(
+        self, exc: requests.RequestException, method: str, path: str
+    ) -> TransportError:
+        detail = self._redact(str(exc))
+        if len(detail) > 500:
+            detail = detail[:497] + "..."
+        if isinstance(exc, requests.Timeout):
+            connect, read = self.timeout
+            error: TransportError = ImageKitTimeout(
+                f"{method} {path} got no answer in time (connect {connect:g} s, read {read:g} s)",
+                method=method,
+                path=path,
+            )
+        else:
+            retryable = isinstance(
+                exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError
+            )
+            error = TransportError(
+                f"{method} {path}: {detail}", method=method, path=path, retryable=retryable
+            )
+        error.__cause__ = exc
+        return error
+
+    def _error_from(
+        self, response: requests.Response, method: str, path: str, *, streamed: bool = False
+    ) -> ImageKitError:
+        if streamed:  # read no more of a (possibly huge) streamed body than an error needs
+            raw = b""
+            try:
+                for chunk in response.iter_content(CHUNK_SIZE):
+                    raw += chunk
+                    if len(raw) >= ERROR_BODY_LIMIT:
+                        break
+            except requests.RequestException:
+                pass
+        else:
+            raw = response.content or b""
+        text = raw.decode(response.encoding or "utf-8", errors="replace")
+        body: Any = text
+        if text.strip()[:1] in ("{", "["):
+            try:
+                body = json.loads(text)
+            except ValueError:
+                body = text
+        error = error_from_response(
+            response.status_code, response.headers, self._redact(body), method=method, path=path
+        )
+        if response.status_code < 400:  # an unexpected redirect
+            error.retryable = False
+        return error
+
+    def _parse_json(self, response: requests.Response) -> Any:
+        raw = response.content
+        if not raw.strip():
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise ImageKitError(
+                f"ImageKit answered {response.status_code} with a body that is not JSON",
+                status=response.status_code,
+                request_id=response.headers.get(REQUEST_ID_HEADER),
+                body=self._redact(raw[:2000].decode("utf-8", errors="replace")),
+                method=response.request.method,
+                path=urlsplit(response.url).path,
+            ) from exc
+
+    def _too_large(
+        self, response: requests.Response, limit: int, size: int | None
+    ) -> ResponseTooLargeError:
+        path = urlsplit(response.url).path
+        said = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        return ResponseTooLargeError(
+            f"download of {path} is {said}; the limit is {limit} bytes",
+            limit=limit,
+            size=size,
+            status=response.status_code,
+            request_id=response.headers.get(REQUEST_ID_HEADER),
+            method="GET",
+            path=path,
+        )
+
+
+def _timeout(value: Timeout) -> tuple[float, float]:
+    if isinstance(value, int | float):
+        return (float(value), float(value))
+    connect, read = value
+    return (float(connect), float(read))
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared client
+
+_local = threading.local()
+
+
+def get_client() -> ImageKitClient:
+    """A client built from the current settings, reused per thread while they stay the same
+    (``override_settings`` therefore gets a fresh one). In emulator mode with
+    ``EMULATOR_AUTOSTART`` the bundled emulator is started first if nothing answers."""
+    from .conf import app_settings
+
+    if app_settings.emulator_mode and app_settings.EMULATOR_AUTOSTART:
+        from .emulator.embedded import ensure_emulator
+
+        ensure_emulator(str(app_settings.EMULATOR_URL).rstrip("/"))
+    key = (
+        hashlib.sha256(app_settings.private_key.encode()).hexdigest(),
+        app_settings.upload_base_url,
+        app_settings.api_base_url,
+        app_settings.timeout,
+        app_settings.MAX_RETRIES,
+        app_settings.RETRY_BACKOFF,
+        app_settings.RETRY_BACKOFF_MAX,
+    )
+    cached = getattr(_local, "client", None)
+    if cached is not None:
+        cached_key, client = cached
+        if cached_key == key and not client.closed:
+            return client
+        client.close()
+    client = ImageKitClient()
+    _local.client = (key, client)
+    return client
+
+
+__all__ = ["ImageKitClient", "get_client"]

@@ -1,0 +1,252 @@
+"""System checks: each one fires when it should, and only then."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.checks import run_checks
+
+from imagekit_bgremove import checks
+
+REAL = {
+    "PRIVATE_KEY": "private_real_key",
+    "WEBHOOK_SECRETS": ["whsec_real"],
+    "WEBHOOK_BASE_URL": "https://www.example.com",
+}
+
+
+def ids(messages) -> list[str]:
+    return sorted(message.id for message in messages)
+
+
+def run() -> list[str]:
+    return ids(run_checks(tags=[checks.TAG]))
+
+
+@pytest.fixture
+def production(settings):
+    settings.DEBUG = False
+    settings.IMAGEKIT_BGREMOVE = dict(REAL)
+    return settings
+
+
+def test_a_complete_production_setup_is_clean(production):
+    assert run() == []
+
+
+def test_test_settings_only_warn_about_the_emulator(settings):
+    settings.DEBUG = False
+    assert run() == ["imagekit_bgremove.W001"]
+
+
+def test_settings_missing_entirely(settings):
+    del settings.IMAGEKIT_BGREMOVE
+    settings.DEBUG = True
+    messages = checks.check_settings_present()
+    assert ids(messages) == ["imagekit_bgremove.I001"]
+    assert "emulator" in messages[0].msg
+    settings.DEBUG = False
+    assert run() == ["imagekit_bgremove.I001", "imagekit_bgremove.W001"]
+
+
+def test_no_private_key_without_debug(settings):
+    settings.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": "http://localhost:8000"}
+    settings.DEBUG = False
+    messages = checks.check_settings_present()
+    assert ids(messages) == ["imagekit_bgremove.W001"]
+    assert "emulator" in messages[0].msg
+    settings.DEBUG = True
+    assert run() == []
+    settings.DEBUG = False
+    settings.IMAGEKIT_BGREMOVE = {"PRIVATE_KEY": ""}
+    assert "imagekit_bgremove.W001" in run()
+
+
+def test_settings_not_a_dict(settings):
+    settings.IMAGEKIT_BGREMOVE = ["PRIVATE_KEY", "x"]
+    assert run() == ["imagekit_bgremove.E001"]  # and no other check crashes
+
+
+def test_public_key_in_private_key(production):
+    production.IMAGEKIT_BGREMOVE = {**REAL, "PRIVATE_KEY": "public_abc"}
+    assert run() == ["imagekit_bgremove.E003"]
+
+
+def test_unknown_keys_listed_with_valid_ones(production):
+    production.IMAGEKIT_BGREMOVE = {**REAL, "PRIVATE_KEYS": "x", "retries": 3}
+    messages = checks.check_unknown_keys()
+    assert ids(messages) == ["imagekit_bgremove.E002"]
+    message = messages[0]
+    assert "'PRIVATE_KEYS', 'retries'" in message.msg
+    assert "Valid keys: API_BASE_URL," in message.hint and "WEBHOOK_SECRETS" in message.hint
+    assert "'PRIVATE_KEYS' -> 'PRIVATE_KEY'?" in message.hint
+    production.IMAGEKIT_BGREMOVE = dict(REAL)
+    assert checks.check_unknown_keys() == []
+
+
+def test_no_webhook_secret_with_a_real_key(production):
+    production.IMAGEKIT_BGREMOVE = {**REAL, "WEBHOOK_SECRETS": []}
+    assert run() == ["imagekit_bgremove.W002"]
+    production.IMAGEKIT_BGREMOVE = {**REAL, "WEBHOOK_SECRETS": " , "}
+    assert run() == ["imagekit_bgremove.W002"]
+    production.IMAGEKIT_BGREMOVE = {**REAL, "WEBHOOK_SECRETS": "whsec_a,whsec_b"}
+    assert run() == []
+    # The emulator has its own secret.
+    production.DEBUG = True
+    production.IMAGEKIT_BGREMOVE = {"WEBHOOK_SECRETS": []}
+    assert run() == []
+
+
+def test_required_signature_without_secret_is_an_error(production):
+    production.IMAGEKIT_BGREMOVE = {
+        **REAL,
+        "WEBHOOK_SECRETS": [],
+        "WEBHOOK_REQUIRE_SIGNATURE": True,
+    }
+    assert run() == ["imagekit_bgremove.E004", "imagekit_bgremove.W002"]
+    production.IMAGEKIT_BGREMOVE = {**REAL, "WEBHOOK_REQUIRE_SIGNATURE": True}
+    assert run() == []
+
+
+def test_empty_webhook_base_url_with_a_real_key(production):
+    production.IMAGEKIT_BGREMOVE = {**REAL, "WEBHOOK_BASE_URL": ""}
+    assert run() == ["imagekit_bgremove.W003"]
+    production.DEBUG = True
+    assert run() == ["imagekit_bgremove.W003"]
+    production.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": ""}  # emulator
+    assert run() == []
+
+
+@pytest.mark.parametrize("url", ["www.example.com", "ftp://example.com", "https://", "http://[::1"])
+def test_webhook_base_url_must_be_absolute_http(production, url):
+    production.IMAGEKIT_BGREMOVE = {**REAL, "WEBHOOK_BASE_URL": url}
+    assert run() == ["imagekit_bgremove.E005"]
+
+
+def test_webhook_base_url_not_https_in_production(production):
+    production.IMAGEKIT_BGREMOVE = {**REAL, "WEBHOOK_BASE_URL": "http://www.example.com"}
+    assert run() == ["imagekit_bgremove.W004"]
+    production.DEBUG = True
+    assert run() == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://localhost:8000",
+        "https://app.localhost",
+        "https://127.0.0.1",
+        "https://[::1]:8443/x",
+        "https://0.0.0.0",
+        "https://10.1.2.3",
+        "https://192.168.1.20",
+    ],
+)
+def test_webhook_base_url_local_in_production(production, url):
+    production.IMAGEKIT_BGREMOVE = {**REAL, "WEBHOOK_BASE_URL": url}
+    messages = checks.check_webhooks()
+    assert ids(messages) == ["imagekit_bgremove.W005"]
+    production.DEBUG = True
+    assert checks.check_webhooks() == []
+    production.DEBUG = False
+    production.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": url}  # the emulator can reach it
+    assert checks.check_webhooks() == []
+
+
+def test_local_http_url_gets_both_warnings(production):
+    production.IMAGEKIT_BGREMOVE = {**REAL, "WEBHOOK_BASE_URL": "http://127.0.0.1:8000"}
+    assert run() == ["imagekit_bgremove.W004", "imagekit_bgremove.W005"]
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"bg_color": "notacolour"}, "bg_color"),
+        ({"add_shadow": "yes"}, "add_shadow"),
+        ({"bg_image_url": "ftp://x/y"}, "bg_image_url"),
+    ],
+)
+def test_invalid_default_options_name_the_field(production, options, field):
+    production.IMAGEKIT_BGREMOVE = {**REAL, "DEFAULT_OPTIONS": options}
+    messages = checks.check_default_options()
+    assert ids(messages) == ["imagekit_bgremove.E006"]
+    assert f"IMAGEKIT_BGREMOVE['DEFAULT_OPTIONS']['{field}']:" in messages[0].msg
+
+
+def test_default_options_other_errors(production):
+    production.IMAGEKIT_BGREMOVE = {**REAL, "DEFAULT_OPTIONS": {"shadow": True}}
+    (message,) = checks.check_default_options()
+    assert message.id == "imagekit_bgremove.E006" and "Unknown option 'shadow'" in message.msg
+    production.IMAGEKIT_BGREMOVE = {**REAL, "DEFAULT_OPTIONS": '{"add_shadow": true}'}
+    (message,) = checks.check_default_options()
+    assert "must be a dict" in message.msg
+    production.IMAGEKIT_BGREMOVE = {
+        **REAL,
+        "DEFAULT_OPTIONS": {"bg_color": "fff", "bg_image_url": "https://example.com/b.png"},
+    }
+    assert ids(checks.check_default_options()) == ["imagekit_bgremove.E006"]
+    production.IMAGEKIT_BGREMOVE = {**REAL, "DEFAULT_OPTIONS": {"add_shadow": True}}
+    assert run() == []
+
+
+def test_task_backend_must_be_configured(production):
+    backend = production.TASKS["default"]["BACKEND"]
+    production.IMAGEKIT_BGREMOVE = {**REAL, "TASK_BACKEND": "celery"}
+    messages = checks.check_tasks()
+    assert ids(messages) == ["imagekit_bgremove.E007"]
+    assert "'celery'" in messages[0].msg and "'default'" in messages[0].hint
+    production.TASKS = {"default": {"BACKEND": backend}, "celery": {"BACKEND": backend}}
+    assert run() == []
+
+
+def test_task_backend_when_tasks_is_unset(production):
+    del production.TASKS
+    assert checks.check_tasks() == []  # the implicit default backend
+    production.IMAGEKIT_BGREMOVE = {**REAL, "TASK_BACKEND": "other"}
+    assert ids(checks.check_tasks()) == ["imagekit_bgremove.E007"]
+
+
+def test_task_queue_must_be_allowed(production):
+    backend = production.TASKS["default"]["BACKEND"]
+    production.IMAGEKIT_BGREMOVE = {**REAL, "TASK_QUEUE": "images"}
+    messages = checks.check_tasks()
+    assert ids(messages) == ["imagekit_bgremove.E008"]
+    assert "'images'" in messages[0].msg and "'default'" in messages[0].hint
+    production.TASKS = {"default": {"BACKEND": backend, "QUEUES": ["default", "images"]}}
+    assert run() == []
+    production.TASKS = {"default": {"BACKEND": backend, "QUEUES": []}}  # any queue
+    assert run() == []
+    production.TASKS = {"default": {"BACKEND": backend, "QUEUES": ["other"]}}
+    production.IMAGEKIT_BGREMOVE = dict(REAL)  # the default queue is checked too
+    assert run() == ["imagekit_bgremove.E008"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MAX_RETRIES", -1),
+        ("MAX_RETRIES", 2.5),
+        ("MAX_RETRIES", "3"),
+        ("READ_TIMEOUT", 0),
+        ("CONNECT_TIMEOUT", None),
+        ("RETRY_BACKOFF", -0.1),
+        ("RETRY_BACKOFF_MAX", True),
+        ("RESULT_MAX_BYTES", 0),
+    ],
+)
+def test_numbers_must_be_usable(production, name, value):
+    production.IMAGEKIT_BGREMOVE = {**REAL, name: value}
+    messages = checks.check_numbers()
+    assert ids(messages) == ["imagekit_bgremove.E009"]
+    assert f"['{name}']" in messages[0].msg
+
+
+def test_good_numbers_pass(production):
+    production.IMAGEKIT_BGREMOVE = {
+        **REAL,
+        "MAX_RETRIES": 0,
+        "READ_TIMEOUT": 2.5,
+        "CONNECT_TIMEOUT": 1,
+        "RETRY_BACKOFF": 0,
+        "RESULT_MAX_BYTES": 10.0,
+    }
+    assert run() == []
