@@ -11,11 +11,9 @@ from typing import Any
 
 from django.conf import settings
 
-SETTINGS_NAME = "IMAGEKIT_BGREMOVE"
+from .defaults import EMULATOR_PRIVATE_KEY, EMULATOR_URL, EMULATOR_WEBHOOK_SECRET
 
-# The credentials the bundled emulator starts with; they only ever unlock a local emulator.
-EMULATOR_PRIVATE_KEY = "private_emulator_key"
-EMULATOR_WEBHOOK_SECRET = "whsec_emulator_secret"
+SETTINGS_NAME = "IMAGEKIT_BGREMOVE"
 
 DEFAULTS: dict[str, Any] = {
     # ImageKit account. Empty PRIVATE_KEY means "use the emulator at EMULATOR_URL".
@@ -54,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "RECONCILE_AFTER_SECONDS": 600,
     "PENDING_DEADLINE_SECONDS": 26 * 3600,
     # The bundled emulator, used when PRIVATE_KEY is empty.
-    "EMULATOR_URL": "http://127.0.0.1:8790",
+    "EMULATOR_URL": EMULATOR_URL,
     "EMULATOR_AUTOSTART": True,
 }
 

@@ -1,0 +1,247 @@
+"""``python -m imagekit_bgremove.emulator`` / ``imagekit-emulator``: run the emulator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from .config import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_PORT,
+    DEFAULT_PRIVATE_KEY,
+    DEFAULT_WEBHOOK_SECRET,
+    EmulatorConfig,
+)
+from .faults import Faults, FaultsError
+from .server import Emulator
+
+# Fault flags: (flag, knob, type, help).
+_FAULT_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--error-rate-5xx", "error_rate_5xx", float, "probability of a 5xx answer"),
+    ("--rate-limit-rate", "rate_limit_rate", float, "probability of a 429 answer"),
+    ("--rate-limit-reset-ms", "rate_limit_reset_ms", int, "X-RateLimit-Reset of a 429 (ms)"),
+    ("--slow-rate", "slow_rate", float, "probability of a slow answer"),
+    ("--slow-seconds", "slow_seconds", float, "how slow a slow answer is"),
+    ("--drop-rate", "drop_rate", float, "probability of closing without an answer"),
+    (
+        "--extension-failure-rate",
+        "extension_failure_rate",
+        float,
+        "probability that a remove-bg job fails",
+    ),
+    (
+        "--webhook-duplicate-rate",
+        "duplicate_rate",
+        float,
+        "probability that a callback is delivered more than once",
+    ),
+    (
+        "--webhook-delay-seconds",
+        "delay_seconds",
+        str,
+        "MIN,MAX seconds to wait before the first callback attempt",
+    ),
+    (
+        "--webhook-fail-first-attempts",
+        "fail_first_attempts",
+        int,
+        "count the first N attempts of every callback as failed",
+    ),
+    ("--webhook-lost-rate", "lost_rate", float, "probability that a callback is never sent"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagekit-emulator",
+        description="A local ImageKit.io emulator: upload, file details, versions and the "
+        "remove-bg extension, with signed webhook callbacks and fault injection.",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (%(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="port (%(default)s; 0 picks a free one)"
+    )
+    parser.add_argument(
+        "--private-key",
+        default=DEFAULT_PRIVATE_KEY,
+        help="the private API key clients must send as the Basic auth user",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        action="append",
+        dest="webhook_secrets",
+        metavar="SECRET",
+        help=f"callback signing secret; repeat to sign with several during "
+        f"rotation (default {DEFAULT_WEBHOOK_SECRET})",
+    )
+    parser.add_argument("--url-endpoint", help="base of file URLs (default http://HOST:PORT/ik)")
+    parser.add_argument("--data-dir", help="persist state here so it survives a restart")
+    parser.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        default=DEFAULT_MAX_UPLOAD_BYTES,
+        help="largest accepted file (%(default)s)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="remove-bg worker threads")
+    parser.add_argument(
+        "--trust-host",
+        action="append",
+        dest="trust_hosts",
+        metavar="HOST",
+        help="host (or host:port) that bg_image_url / URL uploads may be fetched "
+        "from; repeatable (default: the emulator itself, 127.0.0.1, localhost)",
+    )
+    parser.add_argument("--seed", type=int, help="seed for fault injection")
+    parser.add_argument(
+        "--extension-quota-units",
+        type=int,
+        help="extension units available (remove-bg costs 130); default unlimited",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=50_000_000,
+        help="largest image remove-bg processes (%(default)s pixels)",
+    )
+    parser.add_argument(
+        "--callback-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for a webhook answer (%(default)s)",
+    )
+    parser.add_argument(
+        "--callback-retry-seconds",
+        type=float,
+        default=3600.0,
+        help="keep retrying a callback this long (%(default)s)",
+    )
+    parser.add_argument(
+        "--callback-backoff-base",
+        type=float,
+        default=10.0,
+        help="first retry delay; doubles each time (%(default)s)",
+    )
+    parser.add_argument(
+        "--callback-backoff-max",
+        type=float,
+        default=600.0,
+        help="longest retry delay (%(default)s)",
+    )
+    parser.add_argument(
+        "--unsigned-callbacks", action="store_true", help="send callbacks without signature headers"
+    )
+    faults = parser.add_argument_group(
+        "faults", "also settable at run time with PUT /_emulator/faults"
+    )
+    faults.add_argument("--faults", metavar="JSON", help="fault knobs as a JSON object")
+    for flag, knob, kind, text in _FAULT_FLAGS:
+        metavar = {float: "P", int: "N", str: "MIN,MAX"}[kind]
+        if knob in ("slow_seconds",):
+            metavar = "SECONDS"
+        elif knob.endswith("_ms"):
+            metavar = "MS"
+        faults.add_argument(flag, dest=f"fault_{knob}", type=kind, metavar=metavar, help=text)
+    faults.add_argument(
+        "--rate-limit-upload",
+        dest="fault_rate_limit_upload",
+        action="store_true",
+        default=None,
+        help="rate limit uploads too (the real upload API is not)",
+    )
+    faults.add_argument(
+        "--webhook-reorder",
+        dest="fault_reorder",
+        action="store_true",
+        default=None,
+        help="hold callbacks and deliver them out of order",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level on stderr (%(default)s; INFO logs every request)",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
+    knobs: dict[str, Any] = {}
+    if args.faults:
+        try:
+            knobs.update(json.loads(args.faults))
+        except ValueError as exc:
+            raise SystemExit(f"--faults is not valid JSON: {exc}") from None
+    for name, value in vars(args).items():
+        if name.startswith("fault_") and value is not None:
+            knobs[name[len("fault_") :]] = value
+    try:
+        faults = Faults.from_dict(knobs)
+    except FaultsError as exc:
+        raise SystemExit(f"invalid fault settings: {exc}") from None
+    try:
+        return EmulatorConfig(
+            host=args.host,
+            port=args.port,
+            private_key=args.private_key,
+            webhook_secrets=tuple(args.webhook_secrets or (DEFAULT_WEBHOOK_SECRET,)),
+            url_endpoint=args.url_endpoint,
+            data_dir=args.data_dir,
+            max_upload_bytes=args.max_upload_bytes,
+            workers=args.workers,
+            trust_hosts=tuple(args.trust_hosts or ()),
+            seed=args.seed,
+            extension_quota_units=args.extension_quota_units,
+            max_pixels=args.max_pixels,
+            callback_timeout=args.callback_timeout,
+            callback_retry_seconds=args.callback_retry_seconds,
+            callback_backoff_base=args.callback_backoff_base,
+            callback_backoff_max=args.callback_backoff_max,
+            sign_callbacks=not args.unsigned_callbacks,
+            faults=faults,
+            log_requests=args.log_level == "DEBUG" or args.log_level == "INFO",
+        )
+    except ValueError as exc:
+        raise SystemExit(f"invalid setting: {exc}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    emulator = Emulator(config_from_args(args))
+    try:
+        emulator.start()
+    except OSError as exc:
+        print(f"cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+
+    def _signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _signal)
+    print(
+        f"ImageKit emulator listening on {emulator.url} (url endpoint {emulator.url_endpoint})",
+        flush=True,
+    )
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,591 @@
+"""The emulator's state: files and their versions, extension jobs, callbacks, quota.
+
+Everything lives in memory; with a ``data_dir`` every change is also written out (a JSON
+index, replaced atomically, plus one blob file per version), so a restarted emulator finds
+its files, unfinished jobs and undelivered callbacks again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+INDEX_NAME = "index.json"
+INDEX_FORMAT = 1
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def iso(ms: int | None) -> str | None:
+    """ImageKit's timestamp format: ``2019-08-24T06:14:41.313Z``."""
+    if ms is None:
+        return None
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def object_id() -> str:
+    """24 hex digits like ImageKit's ids (a MongoDB ObjectId: seconds, then random)."""
+    return f"{int(time.time()) & 0xFFFFFFFF:08x}{secrets.token_hex(8)}"
+
+
+class StoreError(Exception):
+    pass
+
+
+class VersionLimitError(StoreError):
+    pass
+
+
+class PathExistsError(StoreError):
+    pass
+
+
+@dataclass
+class Version:
+    id: str
+    number: int
+    created_at: int
+    updated_at: int
+    mime: str
+    size: int
+    sha256: str
+    file_type: str  # "image" or "non-image"
+    width: int | None = None
+    height: int | None = None
+    has_alpha: bool = False
+    source: str = "upload"  # upload, overwrite, remove-bg
+    job_id: str | None = None
+    tags: list[str] | None = None
+    ai_tags: list[dict[str, Any]] | None = None
+    custom_metadata: dict[str, Any] = field(default_factory=dict)
+    custom_coordinates: str | None = None
+    description: str | None = None
+    is_published: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"Version {self.number}"
+
+
+@dataclass
+class FileRecord:
+    id: str
+    name: str
+    file_path: str
+    created_at: int
+    is_private: bool
+    current_version_id: str
+    versions: list[Version] = field(default_factory=list)
+    #: The fileName the client asked for (before sanitising / the unique suffix).
+    requested_name: str = ""
+
+    @property
+    def current(self) -> Version:
+        return self.version(self.current_version_id)  # type: ignore[return-value]
+
+    def version(self, version_id: str) -> Version | None:
+        for version in self.versions:
+            if version.id == version_id:
+                return version
+        return None
+
+    def next_number(self) -> int:
+        return max((v.number for v in self.versions), default=0) + 1
+
+
+@dataclass
+class Job:
+    id: str
+    file_id: str
+    service: str
+    options: dict[str, Any]
+    source_version_id: str
+    webhook_url: str | None
+    origin: str  # "upload" or "update"
+    request_id: str
+    created_at: int
+    status: str = "pending"  # pending, running, success, failed
+    result_version_id: str | None = None
+    error: dict[str, Any] | None = None
+    started_at: int | None = None
+    finished_at: int | None = None
+    callback_id: str | None = None
+
+
+@dataclass
+class Callback:
+    id: str
+    job_id: str
+    file_id: str
+    service: str
+    status_reported: str  # SUCCESS or FAILURE
+    url: str
+    body: str
+    webhook_id: str
+    created_at: int
+    #: scheduled -> delivered | gave_up; lost (never sent); cancelled (reset/stop)
+    status: str = "scheduled"
+    copies: int = 1
+    deliveries: int = 0
+    fail_first_attempts: int = 0
+    unsigned: bool = False
+    first_attempt_at: int | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Activity:
+    """Counts work in progress (queued/running jobs, scheduled/in-flight callbacks)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, kind: str, n: int = 1) -> None:
+        with self._cond:
+            self._counts[kind] += n
+
+    def done(self, kind: str, n: int = 1) -> None:
+        with self._cond:
+            self._counts[kind] -= n
+            if self._counts[kind] <= 0:
+                del self._counts[kind]
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def busy(self, kind: str) -> Iterator[None]:
+        self.add(kind)
+        try:
+            yield
+        finally:
+            self.done(kind)
+
+    def clear(self, kind: str) -> None:
+        with self._cond:
+            self._counts.pop(kind, None)
+            self._cond.notify_all()
+
+    def snapshot(self) -> dict[str, int]:
+        with self._cond:
+            return {k: v for k, v in self._counts.items() if v > 0}
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while any(v > 0 for v in self._counts.values()):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining if remaining is None else min(remaining, 0.5))
+            return True
+
+
+class Store:
+    def __init__(self, data_dir: str | os.PathLike[str] | None = None):
+        self.lock = threading.RLock()
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.files: dict[str, FileRecord] = {}
+        self.paths: dict[str, str] = {}
+        self.jobs: dict[str, Job] = {}
+        self.callbacks: dict[str, Callback] = {}
+        self.uploads_by_name: Counter[str] = Counter()
+        self.quota_used = 0
+        self.requests: deque[dict[str, Any]] = deque(maxlen=2000)
+        self._blobs: dict[str, bytes] = {}
+        if self.data_dir:
+            (self.data_dir / "blobs").mkdir(parents=True, exist_ok=True)
+            self._load()
+
+    # ------------------------------------------------------------------ persistence
+
+    def _index_path(self) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir / INDEX_NAME
+
+    def _load(self) -> None:
+        path = self._index_path()
+        if not path.exists():
+            return
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for raw in data.get("files", []):
+            versions = [Version(**v) for v in raw.pop("versions")]
+            record = FileRecord(**raw, versions=versions)
+            self.files[record.id] = record
+            self.paths[record.file_path] = record.id
+        self.jobs = {j["id"]: Job(**j) for j in data.get("jobs", [])}
+        self.callbacks = {c["id"]: Callback(**c) for c in data.get("callbacks", [])}
+        self.uploads_by_name = Counter(data.get("uploads_by_name", {}))
+        self.quota_used = int(data.get("quota_used", 0))
+
+    def save(self) -> None:
+        """Write the index (callers hold ``lock``). A no-op in memory mode."""
+        if not self.data_dir:
+            return
+        data = {
+            "format": INDEX_FORMAT,
+            "files": [asdict(f) for f in self.files.values()],
+            "jobs": [asdict(j) for j in self.jobs.values()],
+            "callbacks": [asdict(c) for c in self.callbacks.values()],
+            "uploads_by_name": dict(self.uploads_by_name),
+            "quota_used": self.quota_used,
+        }
+        fd, tmp = tempfile.mkstemp(prefix=".index-", dir=self.data_dir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(data, out, separators=(",", ":"))
+            os.replace(tmp, self._index_path())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _blob_path(self, version_id: str) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir / "blobs" / f"{version_id}.bin"
+
+    def _put_blob(self, version_id: str, data: bytes) -> None:
+        if not self.data_dir:
+            self._blobs[version_id] = data
+            return
+        path = self._blob_path(version_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def blob(self, version_id: str) -> bytes:
+        if not self.data_dir:
+            return self._blobs[version_id]
+        return self._blob_path(version_id).read_bytes()
+
+    # ------------------------------------------------------------------ files
+
+    def get_file(self, file_id: str) -> FileRecord | None:
+        with self.lock:
+            return self.files.get(file_id)
+
+    def file_at(self, file_path: str) -> FileRecord | None:
+        with self.lock:
+            file_id = self.paths.get(file_path)
+            return self.files.get(file_id) if file_id else None
+
+    def new_version(
+        self,
+        record: FileRecord | None,
+        data: bytes,
+        info: dict[str, Any],
+        meta: dict[str, Any],
+        source: str,
+        job_id: str | None = None,
+        version_id: str | None = None,
+    ) -> Version:
+        stamp = now_ms()
+        return Version(
+            id=version_id or object_id(),
+            number=record.next_number() if record else 1,
+            created_at=stamp,
+            updated_at=stamp,
+            mime=info["mime"],
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            file_type=info["file_type"],
+            width=info.get("width"),
+            height=info.get("height"),
+            has_alpha=bool(info.get("has_alpha")),
+            source=source,
+            job_id=job_id,
+            tags=meta.get("tags"),
+            ai_tags=meta.get("ai_tags"),
+            custom_metadata=dict(meta.get("custom_metadata") or {}),
+            custom_coordinates=meta.get("custom_coordinates"),
+            description=meta.get("description"),
+        )
+
+    def put_upload(
+        self,
+        *,
+        file_path: str,
+        name: str,
+        requested_name: str,
+        data: bytes,
+        info: dict[str, Any],
+        meta: dict[str, Any],
+        is_private: bool,
+        overwrite: bool,
+        keep: dict[str, bool],
+        max_versions: int,
+    ) -> tuple[FileRecord, Version, bool]:
+        """Create a file at ``file_path`` or, if one is there, add a version (``overwrite``).
+
+        ``keep`` says which metadata of the current version survives an overwrite when the
+        request does not set it (overwriteTags=false etc.). Returns (file, version, created).
+        """
+        with self.lock:
+            self.uploads_by_name[requested_name] += 1
+            existing = self.file_at(file_path)
+            if existing is not None:
+                if not overwrite:
+                    self.save()
+                    raise PathExistsError(file_path)
+                if len(existing.versions) >= max_versions:
+                    self.save()
+                    raise VersionLimitError(existing.id)
+                current = existing.current
+                merged = dict(meta)
+                for key, attr in (
+                    ("tags", "tags"),
+                    ("custom_metadata", "custom_metadata"),
+                    ("ai_tags", "ai_tags"),
+                ):
+                    if keep.get(key) and merged.get(key) is None:
+                        merged[key] = getattr(current, attr)
+                version = self.new_version(existing, data, info, merged, "overwrite")
+                self._put_blob(version.id, data)
+                existing.versions.append(version)
+                existing.current_version_id = version.id
+                existing.is_private = is_private
+                self.save()
+                return existing, version, False
+            file_id = object_id()
+            # ImageKit's first version has the file's own id.
+            version = self.new_version(None, data, info, meta, "upload", version_id=file_id)
+            self._put_blob(version.id, data)
+            record = FileRecord(
+                id=file_id,
+                name=name,
+                file_path=file_path,
+                created_at=version.created_at,
+                is_private=is_private,
+                current_version_id=version.id,
+                versions=[version],
+                requested_name=requested_name,
+            )
+            self.files[file_id] = record
+            self.paths[file_path] = file_id
+            self.save()
+            return record, version, True
+
+    def add_result_version(
+        self, file_id: str, data: bytes, info: dict[str, Any], job_id: str, max_versions: int
+    ) -> tuple[FileRecord, Version]:
+        """A remove-bg result: a new current version carrying the current metadata."""
+        with self.lock:
+            record = self.files.get(file_id)
+            if record is None:
+                raise StoreError(f"file {file_id} no longer exists")
+            if len(record.versions) >= max_versions:
+                raise VersionLimitError(file_id)
+            current = record.current
+            meta = {
+                "tags": current.tags,
+                "ai_tags": current.ai_tags,
+                "custom_metadata": current.custom_metadata,
+                "custom_coordinates": current.custom_coordinates,
+                "description": current.description,
+            }
+            version = self.new_version(record, data, info, meta, "remove-bg", job_id=job_id)
+            self._put_blob(version.id, data)
+            record.versions.append(version)
+            record.current_version_id = version.id
+            self.save()
+            return record, version
+
+    def update_current(self, file_id: str, changes: dict[str, Any]) -> FileRecord:
+        with self.lock:
+            record = self.files[file_id]
+            version = record.current
+            for key, value in changes.items():
+                setattr(version, key, value)
+            version.updated_at = now_ms()
+            self.save()
+            return record
+
+    def restore(self, file_id: str, version_id: str) -> FileRecord:
+        """Make an existing version current again (no new version is created)."""
+        with self.lock:
+            record = self.files[file_id]
+            version = record.version(version_id)
+            if version is None:
+                raise KeyError(version_id)
+            record.current_version_id = version.id
+            version.updated_at = max(now_ms(), version.updated_at + 1)
+            self.save()
+            return record
+
+    def consume_quota(self, units: int, limit: int | None) -> bool:
+        with self.lock:
+            if limit is not None and self.quota_used + units > limit:
+                return False
+            self.quota_used += units
+            self.save()
+            return True
+
+    # ------------------------------------------------------------------ jobs & callbacks
+
+    def add_job(self, job: Job) -> Job:
+        with self.lock:
+            self.jobs[job.id] = job
+            self.save()
+            return job
+
+    def update_job(self, job_id: str, **changes: Any) -> Job | None:
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return None
+            for key, value in changes.items():
+                setattr(job, key, value)
+            self.save()
+            return job
+
+    def add_callback(self, callback: Callback) -> Callback:
+        with self.lock:
+            self.callbacks[callback.id] = callback
+            job = self.jobs.get(callback.job_id)
+            if job is not None:
+                job.callback_id = callback.id
+            self.save()
+            return callback
+
+    def update_callback(
+        self, callback_id: str, attempt: dict[str, Any] | None = None, **changes: Any
+    ) -> Callback | None:
+        with self.lock:
+            callback = self.callbacks.get(callback_id)
+            if callback is None:
+                return None
+            if attempt is not None:
+                callback.attempts.append(attempt)
+            for key, value in changes.items():
+                setattr(callback, key, value)
+            self.save()
+            return callback
+
+    def log_request(self, entry: dict[str, Any]) -> None:
+        with self.lock:
+            self.requests.append(entry)
+
+    # ------------------------------------------------------------------ whole-state
+
+    def reset(self) -> None:
+        with self.lock:
+            if self.data_dir:
+                for version_id in [v.id for f in self.files.values() for v in f.versions]:
+                    with contextlib.suppress(OSError):
+                        self._blob_path(version_id).unlink()
+            self.files.clear()
+            self.paths.clear()
+            self.jobs.clear()
+            self.callbacks.clear()
+            self.uploads_by_name.clear()
+            self.requests.clear()
+            self._blobs.clear()
+            self.quota_used = 0
+            self.save()
+
+    def state(self) -> dict[str, Any]:
+        with self.lock:
+            files = []
+            for record in self.files.values():
+                files.append(
+                    {
+                        "fileId": record.id,
+                        "name": record.name,
+                        "filePath": record.file_path,
+                        "requestedName": record.requested_name,
+                        "isPrivateFile": record.is_private,
+                        "createdAt": iso(record.created_at),
+                        "currentVersionId": record.current_version_id,
+                        "versions": [
+                            {
+                                "id": v.id,
+                                "name": v.name,
+                                "current": v.id == record.current_version_id,
+                                "source": v.source,
+                                "jobId": v.job_id,
+                                "createdAt": iso(v.created_at),
+                                "updatedAt": iso(v.updated_at),
+                                "mime": v.mime,
+                                "fileType": v.file_type,
+                                "size": v.size,
+                                "width": v.width,
+                                "height": v.height,
+                                "hasAlpha": v.has_alpha,
+                                "sha256": v.sha256,
+                            }
+                            for v in record.versions
+                        ],
+                    }
+                )
+            jobs = [
+                {
+                    "id": j.id,
+                    "fileId": j.file_id,
+                    "service": j.service,
+                    "options": j.options,
+                    "status": j.status,
+                    "origin": j.origin,
+                    "requestId": j.request_id,
+                    "webhookUrl": j.webhook_url,
+                    "sourceVersionId": j.source_version_id,
+                    "resultVersionId": j.result_version_id,
+                    "error": j.error,
+                    "callbackId": j.callback_id,
+                    "createdAt": iso(j.created_at),
+                    "startedAt": iso(j.started_at),
+                    "finishedAt": iso(j.finished_at),
+                }
+                for j in self.jobs.values()
+            ]
+            callbacks = []
+            attempts = []
+            for c in self.callbacks.values():
+                try:
+                    payload = json.loads(c.body)
+                except ValueError:  # pragma: no cover - we wrote it ourselves
+                    payload = c.body
+                callbacks.append(
+                    {
+                        "id": c.id,
+                        "jobId": c.job_id,
+                        "fileId": c.file_id,
+                        "service": c.service,
+                        "reportedStatus": c.status_reported,
+                        "url": c.url,
+                        "webhookId": c.webhook_id,
+                        "status": c.status,
+                        "copies": c.copies,
+                        "deliveries": c.deliveries,
+                        "failFirstAttempts": c.fail_first_attempts,
+                        "unsigned": c.unsigned,
+                        "createdAt": iso(c.created_at),
+                        "payload": payload,
+                        "attempts": list(c.attempts),
+                    }
+                )
+                attempts.extend(
+                    {"callbackId": c.id, "jobId": c.job_id, "url": c.url, **a} for a in c.attempts
+                )
+            attempts.sort(key=lambda a: (a.get("sentAtMs") or 0, a.get("seq") or 0))
+            return {
+                "files": files,
+                "uploadsByFileName": dict(self.uploads_by_name),
+                "jobs": jobs,
+                "callbacks": callbacks,
+                "callbackAttempts": attempts,
+                "quota": {"used": self.quota_used},
+                "requests": list(self.requests),
+            }
