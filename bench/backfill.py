@@ -1,0 +1,166 @@
+"""backfill_removals over 10,000 rows: bounded memory and a constant number of queries per batch.
+
+    python bench/backfill.py [--rows 10000] [--batch-size 500]
+
+Runs on SQLite with django-tasks-db's DatabaseBackend (one enqueued task row per job, nothing
+executes). Two passes:
+
+1. tracemalloc peak for the first 2,000 rows;
+2. all rows: tracemalloc peak, which must not grow with the number of rows (it is bounded by the
+   batch size), and CaptureQueriesContext around each batch: every full batch costs the same.
+
+Exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def configure() -> None:
+    import django
+    from django.conf import settings
+
+    try:
+        import django.tasks
+
+        immediate = "django.tasks.backends.immediate.ImmediateBackend"
+    except ImportError:  # Django 5.2 + backport
+        immediate = "django_tasks.backends.immediate.ImmediateBackend"
+    settings.configure(
+        SECRET_KEY="bench",
+        USE_TZ=True,
+        DEBUG=False,
+        INSTALLED_APPS=[
+            "django.contrib.auth",
+            "django.contrib.contenttypes",
+            "django_tasks_db",
+            "imagekit_bgremove",
+            "tests.testapp",
+        ],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+        ROOT_URLCONF="tests.urls",
+        STORAGES={
+            "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
+            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+        },
+        TASKS={
+            "default": {"BACKEND": immediate},
+            "db": {"BACKEND": "django_tasks_db.DatabaseBackend"},
+        },
+        IMAGEKIT_BGREMOVE={"TASK_BACKEND": "db", "EMULATOR_AUTOSTART": False},
+        SILENCED_SYSTEM_CHECKS=["imagekit_bgremove.W001"],
+        LOGGING_CONFIG=None,
+    )
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, run_syncdb=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--max-peak-mb", type=float, default=16.0)
+    args = parser.parse_args()
+    configure()
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from imagekit_bgremove import services
+    from imagekit_bgremove.management.commands.backfill_removals import backfill
+    from imagekit_bgremove.models import RemovalJob
+    from tests.testapp.models import Product
+
+    Product.objects.bulk_create(
+        (Product(name=f"p{n}", photo=f"products/p{n}.png") for n in range(args.rows)),
+        batch_size=1000,
+    )
+    field = Product._meta.get_field("photo")
+    options = services.field_options(field)
+    ok = True
+
+    def reset() -> None:
+        RemovalJob.objects.all().delete()
+        Product.objects.update(photo_removal=None)
+        connection.queries_log.clear()
+
+    # 1. memory with a small run
+    small_rows = min(2000, args.rows)
+    reset()
+    tracemalloc.start()
+    backfill(Product, field, options=options, limit=small_rows, batch_size=args.batch_size)
+    small_peak = tracemalloc.get_traced_memory()[1] / 1024 / 1024
+    tracemalloc.stop()
+
+    # 2. the full run: memory, and the queries of each batch
+    reset()
+    per_batch: list[int] = []
+    state = {"ctx": CaptureQueriesContext(connection)}
+
+    def progress(done: int, batches: int) -> None:
+        ctx = state["ctx"]
+        ctx.__exit__(None, None, None)
+        per_batch.append(len(ctx.captured_queries))
+        connection.queries_log.clear()  # keep the log (max 9000 entries) per batch
+        state["ctx"] = CaptureQueriesContext(connection)
+        state["ctx"].__enter__()
+
+    tracemalloc.start()
+    state["ctx"].__enter__()
+    started = time.perf_counter()
+    summary = backfill(
+        Product, field, options=options, batch_size=args.batch_size, progress=progress
+    )
+    elapsed = time.perf_counter() - started
+    state["ctx"].__exit__(None, None, None)
+    full_peak = tracemalloc.get_traced_memory()[1] / 1024 / 1024
+    tracemalloc.stop()
+
+    print(f"rows: {args.rows}, batch size: {args.batch_size}")
+    print(f"peak traced memory, {small_rows:>6} rows: {small_peak:6.2f} MB")
+    print(
+        f"peak traced memory, {args.rows:>6} rows: {full_peak:6.2f} MB "
+        "(includes one batch of captured queries)"
+    )
+    if full_peak > max(small_peak * 1.5, small_peak + 2) or full_peak > args.max_peak_mb:
+        print("FAIL: peak memory grows with the number of rows")
+        ok = False
+    jobs = RemovalJob.objects.count()
+    full = per_batch[:-1] if args.rows % args.batch_size else per_batch
+    print(
+        f"batches: {summary['batches']}, jobs: {jobs}, wall time: {elapsed:.2f} s under "
+        f"tracemalloc "
+        f"({elapsed / max(jobs, 1) * 1e6:.0f} us per row)"
+    )
+    print(
+        f"queries per batch: {sorted(set(per_batch))} "
+        f"(= 1 SELECT + INSERT jobs + UPDATE supersede + UPDATE pointers "
+        f"+ {args.batch_size} enqueues + transaction bookkeeping)"
+    )
+    if len(set(full)) != 1:
+        print("FAIL: queries per batch are not constant")
+        ok = False
+    if jobs != args.rows:
+        print(f"FAIL: expected {args.rows} jobs, got {jobs}")
+        ok = False
+    pointed = Product.objects.filter(photo_removal__isnull=False).count()
+    if pointed != args.rows:
+        print(f"FAIL: {pointed} rows point at their job")
+        ok = False
+    print("OK" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

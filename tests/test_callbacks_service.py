@@ -1,0 +1,300 @@
+"""services.apply_callback and finalize, fed with callbacks the emulator really produced."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+
+import pytest
+from django.core.files.storage import default_storage
+from django.utils import timezone
+from PIL import Image
+
+from imagekit_bgremove import services
+from imagekit_bgremove.models import JobStatus, RemovalJob
+from imagekit_bgremove.signals import removal_failed, removal_succeeded
+from tests.conftest import make_image, set_faults, wait_for
+from tests.testapp.models import Product
+
+pytestmark = pytest.mark.django_db
+
+
+def submitted_product(run_on_commit, name="photo.png", seed=0):
+    image = make_image(name, seed=seed)
+    original = image.read()
+    image.seek(0)
+    with run_on_commit():
+        product = Product.objects.create(photo=image)
+    return product, original
+
+
+def callback_payload(emulator, job: RemovalJob) -> dict:
+    """The payload the emulator produced for ``job`` (recorded even though not delivered)."""
+
+    def find():
+        for callback in emulator.state()["callbacks"]:
+            if callback["fileId"] == job.file_id:
+                return callback["payload"]
+        return None
+
+    payload = wait_for(find, timeout=20)
+    assert payload is not None, "the emulator produced no callback"
+    return payload
+
+
+@pytest.fixture
+def received():
+    got = []
+
+    def success(sender, job, instance, **kwargs):
+        got.append(("succeeded", job.pk, instance))
+
+    def failure(sender, job, instance, **kwargs):
+        got.append(("failed", job.pk, instance))
+
+    removal_succeeded.connect(success)
+    removal_failed.connect(failure)
+    yield got
+    removal_succeeded.disconnect(success)
+    removal_failed.disconnect(failure)
+
+
+def test_success_copies_the_result_next_to_the_untouched_original(
+    emulator, run_on_commit, received
+):
+    product, original = submitted_product(run_on_commit, "shoe.png")
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
+    payload = callback_payload(emulator, job)
+    assert payload["status"] == "SUCCESS"
+
+    with run_on_commit():
+        outcome = services.apply_callback(job.pk, payload)
+    assert outcome.verdict == "accepted"
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.result_version_id == payload["fileObject"]["versionInfo"]["id"]
+    assert job.result_url == payload["fileObject"]["url"]
+    assert job.result_name == f"products/shoe{'_nobg'}_{job.pk}.png"
+
+    fresh = Product.objects.select_related("photo_removal").get(pk=product.pk)
+    assert fresh.photo.removal_status == "succeeded"
+    assert fresh.photo.result_url == job.result_url
+    with fresh.photo.result_file.open("rb") as fh:
+        result = Image.open(io.BytesIO(fh.read()))
+    assert result.mode in ("RGBA", "LA", "RGB", "P")
+    with default_storage.open(product.photo.name, "rb") as fh:
+        assert fh.read() == original  # the original is byte-identical
+    assert received == [("succeeded", job.pk, fresh)]
+
+    # The same callback again changes nothing.
+    before = RemovalJob.objects.values().get(pk=job.pk)
+    with run_on_commit():
+        again = services.apply_callback(job.pk, payload)
+    assert again.verdict == "duplicate"
+    assert RemovalJob.objects.values().get(pk=job.pk) == before
+    # A FAILURE after the SUCCESS is ignored.
+    failure = {
+        "service": "remove-bg",
+        "status": "FAILURE",
+        "fileId": job.file_id,
+        "error": {"reason": "late"},
+    }
+    with run_on_commit():
+        assert services.apply_callback(job.pk, failure).verdict == "ignored"
+    assert RemovalJob.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED
+    assert len(received) == 1
+
+
+def test_failure_callback_fails_the_job_readably(emulator, run_on_commit, received):
+    set_faults(emulator, lost_rate=1.0, extension_failure_rate=1.0)
+    product, _ = submitted_product(run_on_commit)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
+    payload = callback_payload(emulator, job)
+    assert payload["status"] == "FAILURE"
+    with run_on_commit():
+        assert services.apply_callback(job.pk, payload).verdict == "accepted"
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and job.error_code == "removal_failed"
+    assert job.error_message.startswith("ImageKit could not remove the background")
+    assert job.error_details == payload["error"]
+    assert received == [("failed", job.pk, product)]
+    assert Product.objects.get(pk=product.pk).photo.removal_error == job.error_message
+    # A retry is a new job from the original image.
+    set_faults(emulator, lost_rate=1.0)
+    with run_on_commit():
+        retried = services.retry(job)
+    retried.refresh_from_db()
+    assert retried.trigger == "retry" and retried.status == JobStatus.PENDING
+    assert retried.source_name == job.source_name and retried.options == job.options
+
+
+def test_callback_before_the_file_id_is_stored_still_matches(emulator, run_on_commit):
+    product, _ = submitted_product(run_on_commit)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
+    payload = callback_payload(emulator, job)
+    file_id = job.file_id
+    # As if ImageKit answered faster than our worker's write.
+    RemovalJob.objects.filter(pk=job.pk).update(status=JobStatus.SUBMITTING, file_id="")
+    with run_on_commit():
+        assert services.apply_callback(job.pk, payload).verdict == "accepted"
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and job.file_id == file_id
+    # The submit task finishing afterwards only records the file fields.
+    assert (
+        services._record_submission(
+            job, {"fileId": file_id, "filePath": "/x.png", "versionInfo": {"id": "v"}}
+        )
+        == "recorded"
+    )
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+
+
+def test_superseded_jobs_late_callback_is_ignored(emulator, run_on_commit):
+    product, _ = submitted_product(run_on_commit)
+    old = RemovalJob.objects.get(pk=product.photo.removal.pk)
+    payload = callback_payload(emulator, old)
+    with run_on_commit():
+        product.photo = make_image("newer.png", seed=42)
+        product.save()
+    with run_on_commit():
+        outcome = services.apply_callback(old.pk, payload)
+    assert outcome.verdict == "ignored" and "superseded" in outcome.message
+    old.refresh_from_db()
+    assert old.status == JobStatus.SUPERSEDED and not old.result_url
+    assert services.apply_callback(10**9, payload).verdict == "ignored"
+
+
+def test_malformed_payloads_are_refused():
+    for bad in (
+        [],
+        {"service": "google-auto-tagging", "status": "SUCCESS"},
+        {"service": "remove-bg", "status": "DONE"},
+        {"service": "remove-bg", "status": "SUCCESS", "fileObject": {"url": "x"}},
+    ):
+        with pytest.raises(services.CallbackError):
+            services.apply_callback(1, bad)
+
+
+def test_duplicate_job_settles_with_its_original(emulator, run_on_commit):
+    first, _ = submitted_product(run_on_commit, "one.png", seed=11)
+    second, _ = submitted_product(run_on_commit, "two.png", seed=11)
+    job1 = RemovalJob.objects.get(pk=first.photo.removal.pk)
+    job2 = RemovalJob.objects.get(pk=second.photo.removal.pk)
+    assert job2.duplicate_of_id == job1.pk and job2.status == JobStatus.PENDING
+    with run_on_commit():
+        services.apply_callback(job1.pk, callback_payload(emulator, job1))
+    job1.refresh_from_db()
+    job2.refresh_from_db()
+    assert job1.status == job2.status == JobStatus.SUCCEEDED
+    assert job2.result_name == f"products/two_nobg_{job2.pk}.png"
+    assert default_storage.exists(job2.result_name)
+    # A third identical image reuses the succeeded result at once.
+    third, _ = submitted_product(run_on_commit, "three.png", seed=11)
+    job3 = RemovalJob.objects.get(pk=third.photo.removal.pk)
+    assert job3.status == JobStatus.SUCCEEDED and job3.duplicate_of_id == job1.pk
+    assert len(emulator.state()["files"]) == 1
+
+
+def test_result_too_large_still_succeeds_without_copy(emulator, settings, run_on_commit):
+    settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "RESULT_MAX_BYTES": 10}
+    product, _ = submitted_product(run_on_commit)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
+    with run_on_commit():
+        services.apply_callback(job.pk, callback_payload(emulator, job))
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and job.error_code == "result_not_copied"
+    assert "RESULT_MAX_BYTES" in job.error_message and not job.result_name
+    assert Product.objects.get(pk=product.pk).photo.result_file is None
+
+
+def test_reconcile_finds_a_lost_callbacks_result(emulator, run_on_commit):
+    product, _ = submitted_product(run_on_commit)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
+    emulator.wait_idle(20)
+    with run_on_commit():
+        summary = services.reconcile(now=timezone.now() + timedelta(hours=1))
+    assert summary["succeeded"] == 1
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and job.result_name
+    # Past the deadline with nothing from ImageKit: failed with a clear reason.
+    RemovalJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.PENDING, result_url="", source_version_id=""
+    )
+    RemovalJob.objects.filter(pk=job.pk).update(file_id="")
+    with run_on_commit():
+        services.reconcile(now=timezone.now() + timedelta(hours=30))
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "No result from ImageKit after 26 hours" in (
+        job.error_message
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_full_loop_over_http(live_emulator, received):
+    """Save → upload → the emulator removes the background → its callback reaches our webhook
+    view on the live server → finalize copies the result → succeeded."""
+    image = make_image("loop.png", seed=5)
+    original = image.read()
+    image.seek(0)
+    product = Product.objects.create(name="loop", photo=image)  # autocommit: runs on commit
+
+    def settled():
+        job = Product.objects.select_related("photo_removal").get(pk=product.pk).photo_removal
+        return (
+            job
+            if job is not None and job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+            else None
+        )
+
+    job = wait_for(settled, timeout=30)
+    assert job is not None, RemovalJob.objects.values("status", "error_message").first()
+    assert job.status == JobStatus.SUCCEEDED, job.error_message
+    # The view records its verdict once apply_callback's transaction (and finalize) is done.
+    assert wait_for(lambda: job.deliveries.filter(verdict="accepted").count() == 1, timeout=10)
+    assert default_storage.exists(job.result_name)
+    with default_storage.open(product.photo.name, "rb") as fh:
+        assert fh.read() == original
+    assert [r[:2] for r in received] == [("succeeded", job.pk)]
+
+
+def test_confirm_with_api_checks_the_version_exists(emulator, settings, run_on_commit):
+    settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "WEBHOOK_CONFIRM_WITH_API": True}
+    product, _ = submitted_product(run_on_commit)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
+    payload = callback_payload(emulator, job)
+    forged = {**payload, "fileObject": {**payload["fileObject"], "versionInfo": {"id": "nope"}}}
+    with run_on_commit():
+        services.apply_callback(job.pk, forged)
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and job.error_code == "result_unconfirmed"
+
+    other, _ = submitted_product(run_on_commit, "other.png", seed=77)
+    job = RemovalJob.objects.get(pk=other.photo.removal.pk)
+    with run_on_commit():
+        services.apply_callback(job.pk, callback_payload(emulator, job))
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and job.result_name
+
+
+def test_transient_copy_failure_is_retried_then_given_up(emulator, settings, run_on_commit):
+    settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "TASK_MAX_ATTEMPTS": 2}
+    product, _ = submitted_product(run_on_commit)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
+    payload = callback_payload(emulator, job)
+    unreachable = {
+        **payload,
+        "fileObject": {**payload["fileObject"], "url": "http://127.0.0.1:9/result.png"},
+    }
+    with run_on_commit():
+        services.apply_callback(job.pk, unreachable)
+    job.refresh_from_db()
+    assert job.status == JobStatus.PENDING and job.error_details == {"finalize_attempts": 1}
+    assert "deliver the result" in job.error_message
+    # reconcile queues finalize again; the second failure gives up copying (ImageKit has it).
+    with run_on_commit():
+        summary = services.reconcile(now=timezone.now() + timedelta(hours=1))
+    assert summary["finalize_requeued"] == 1
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and job.error_code == "result_not_copied"
+    assert not job.result_name

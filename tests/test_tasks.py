@@ -1,0 +1,164 @@
+"""The task functions and the enqueue helper."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from imagekit_bgremove import tasks
+from imagekit_bgremove.compat import InvalidTaskBackend, task_backends
+from imagekit_bgremove.models import JobStatus, RemovalJob
+from tests.conftest import make_image
+from tests.testapp.models import Product
+
+pytestmark = pytest.mark.django_db
+
+try:
+    import django.tasks  # noqa: F401
+
+    PREFIX = "django.tasks.backends"
+except ImportError:  # Django 5.2 + backport
+    PREFIX = "django_tasks.backends"
+
+
+@pytest.fixture
+def two_backends(settings):
+    settings.TASKS = {
+        "default": {"BACKEND": f"{PREFIX}.immediate.ImmediateBackend"},
+        "removals": {"BACKEND": f"{PREFIX}.dummy.DummyBackend", "QUEUES": ["ikbg", "default"]},
+    }
+    settings.IMAGEKIT_BGREMOVE = {
+        **settings.IMAGEKIT_BGREMOVE,
+        "TASK_BACKEND": "removals",
+        "TASK_QUEUE": "ikbg",
+    }
+    backend = task_backends["removals"]
+    backend.clear()
+    yield backend
+    backend.clear()
+
+
+def test_enqueue_uses_the_configured_backend_and_queue(two_backends, run_on_commit):
+    with run_on_commit():
+        product = Product.objects.create(photo=make_image())
+    job = product.photo.removal
+    [result] = two_backends.results
+    assert result.task.func is tasks.submit_removal.func
+    assert result.task.queue_name == "ikbg" and result.backend == "removals"
+    assert result.args == [job.pk] or list(result.args) == [job.pk]
+    assert RemovalJob.objects.get(pk=job.pk).status == JobStatus.QUEUED
+
+
+def test_run_after_defers_where_supported_and_is_dropped_elsewhere(two_backends, settings):
+    when = timezone.now() + timedelta(minutes=5)
+    deferred = tasks.enqueue(tasks.reconcile_removals, run_after=when)
+    assert deferred.task.run_after == when
+    settings.IMAGEKIT_BGREMOVE = {
+        **settings.IMAGEKIT_BGREMOVE,
+        "TASK_BACKEND": "default",
+        "TASK_QUEUE": "default",
+    }
+    assert tasks.enqueue(tasks.reconcile_removals, run_after=when) is None
+
+
+def test_unknown_backend_raises_from_enqueue(settings):
+    settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "TASK_BACKEND": "nowhere"}
+    with pytest.raises(InvalidTaskBackend):
+        tasks.enqueue(tasks.reconcile_removals)
+
+
+def test_tasks_are_safe_to_run_twice(dummy_tasks, run_on_commit):
+    with run_on_commit():
+        product = Product.objects.create(photo=make_image())
+    job = product.photo.removal
+    product.delete()
+    assert tasks.submit_removal.call(job.pk) == "cancelled"
+    assert tasks.submit_removal.call(job.pk) == "skipped"
+    assert tasks.finalize_removal.call(job.pk) == "skipped"
+    assert tasks.finalize_removal.call(10**9) == "skipped"
+    assert RemovalJob.objects.get(pk=job.pk).status == JobStatus.CANCELLED
+    summary = tasks.reconcile_removals.call()
+    assert summary == tasks.reconcile_removals.call()
+    assert set(summary) >= {"checked", "requeued", "failed", "succeeded"}
+
+
+DB_WORKER_SETTINGS = """
+import json, os
+SECRET_KEY = "x"
+USE_TZ = True
+INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django_tasks_db",
+                  "imagekit_bgremove", "tests.testapp"]
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+ROOT_URLCONF = "dbw_urls"
+STORAGES = {"default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                        "OPTIONS": {"location": "media"}},
+            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend",
+                     "QUEUES": ["default", "removals"]}}
+IMAGEKIT_BGREMOVE = json.loads(os.environ["IKBG_SETTINGS"])
+SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.W001"]
+"""
+
+CREATE = """
+from django.core.files.base import ContentFile
+from tests.conftest import image_bytes
+from tests.testapp.models import Product
+p = Product.objects.create(name="db", photo=ContentFile(image_bytes(seed=9), name="db.png"))
+print(p.photo_removal_id)
+"""
+
+SHOW = """
+from imagekit_bgremove.models import RemovalJob
+from django_tasks_db.models import DBTaskResult
+job = RemovalJob.objects.get()
+print(job.status, bool(job.file_id), DBTaskResult.objects.filter(queue_name="removals").count())
+"""
+
+
+def test_database_backend_and_db_worker(emulator, tmp_path):
+    """The production path: save enqueues on django-tasks-db, `manage.py db_worker` submits."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import emulator_settings, uploads
+
+    pytest.importorskip("django_tasks_db")
+    (tmp_path / "dbw_settings.py").write_text(DB_WORKER_SETTINGS)
+    (tmp_path / "dbw_urls.py").write_text(
+        "from django.urls import include, path\n"
+        'urlpatterns = [path("ikbg/", include("imagekit_bgremove.urls"))]\n'
+    )
+    repo = Path(__file__).resolve().parent.parent
+    config = emulator_settings(emulator, TASK_QUEUE="removals")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "dbw_settings",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repo)]),
+        "IKBG_SETTINGS": json.dumps(config),
+    }
+
+    def manage(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "django", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+    manage("migrate", "-v0")
+    manage("shell", "-c", CREATE)
+    assert manage("shell", "-c", SHOW) == "queued False 1"
+    assert uploads(emulator) == []
+    manage("db_worker", "--batch", "--queue-name", "removals", "--no-startup-delay")
+    assert manage("shell", "-c", SHOW) == "pending True 1"
+    assert len(uploads(emulator)) == 1
