@@ -1,0 +1,1 @@
+"""A small shop catalogue showing imagekit-bgremove end to end (see README, "Run the example")."""

@@ -1,0 +1,140 @@
+"""Settings of the example project, read from the environment (django-environ).
+
+Every variable has a safe local default, so ``scripts/run_example.sh`` needs none of them: with no
+IMAGEKIT_PRIVATE_KEY the app talks to the bundled ImageKit emulator on 127.0.0.1:8790.
+
+=========================== ================================================================
+IMAGEKIT_PRIVATE_KEY        your ImageKit private key (empty: use the emulator)
+IMAGEKIT_URL_ENDPOINT       e.g. https://ik.imagekit.io/your_id
+IMAGEKIT_UPLOAD_BASE_URL    only to override https://upload.imagekit.io
+IMAGEKIT_API_BASE_URL       only to override https://api.imagekit.io
+IMAGEKIT_WEBHOOK_SECRETS    comma-separated whsec_... secrets (several during rotation)
+IMAGEKIT_EMULATOR_URL       where the emulator listens (default http://127.0.0.1:8790)
+IMAGEKIT_EMULATOR_AUTOSTART start an embedded emulator when none answers (default true)
+PUBLIC_BASE_URL             how ImageKit reaches this site (WEBHOOK_BASE_URL), default
+                            http://127.0.0.1:8000; a public https URL with a real account
+DATABASE_URL                default sqlite:///var/example.sqlite3
+VAR_DIR                     where the database, media and emulator state go (default ./var)
+SECRET_KEY, DEBUG, ALLOWED_HOSTS
+=========================== ================================================================
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env")
+
+# Everything the example writes (database, media, emulator state) lives here; gitignored.
+VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env.bool("DEBUG", default=True)
+SECRET_KEY = env.str("SECRET_KEY", default="example-project-insecure-local-key-change-me")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+CSRF_TRUSTED_ORIGINS = [PUBLIC_BASE_URL] if PUBLIC_BASE_URL.startswith("https://") else []
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_tasks_db",
+    "imagekit_bgremove",
+    "example_project.catalogue",
+]
+try:
+    import django.tasks  # noqa: F401
+except ImportError:  # Django 5.2: the tasks framework is the django-tasks backport, an app
+    INSTALLED_APPS.insert(INSTALLED_APPS.index("django_tasks_db"), "django_tasks")
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "example_project.urls"
+WSGI_APPLICATION = "example_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'example.sqlite3'}")}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # The web server and db_worker write at the same time: wait for locks rather than fail.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 20)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Background work (submitting to ImageKit, copying results) runs in `manage.py db_worker`.
+# django_tasks_db.DatabaseBackend is the same path on Django 6 and on 5.2 (with the backport).
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+MEDIA_URL = "/media/"
+MEDIA_ROOT = VAR_DIR / "media"
+
+LOGIN_URL = "admin:login"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.BasicAuthentication",
+    ],
+}
+
+
+def _imagekit_settings() -> dict:
+    """Only what the environment sets: unset keys keep the app's (emulator) defaults."""
+    values: dict = {
+        "WEBHOOK_BASE_URL": PUBLIC_BASE_URL,
+        "EMULATOR_AUTOSTART": env.bool("IMAGEKIT_EMULATOR_AUTOSTART", default=True),
+    }
+    for key in ("PRIVATE_KEY", "URL_ENDPOINT", "UPLOAD_BASE_URL", "API_BASE_URL", "EMULATOR_URL"):
+        value = env.str(f"IMAGEKIT_{key}", default="")
+        if value:
+            values[key] = value
+    secrets = env.list("IMAGEKIT_WEBHOOK_SECRETS", default=[])
+    if secrets:
+        values["WEBHOOK_SECRETS"] = secrets
+    return values
+
+
+IMAGEKIT_BGREMOVE = _imagekit_settings()
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"imagekit_bgremove": {"handlers": ["console"], "level": "INFO"}},
+}

@@ -1,0 +1,383 @@
+"""Run one image through the whole remove-bg loop, without the web server or a task worker.
+
+    python manage.py remove_background photo.jpg --output photo_nobg.png [--bg-color fff]
+
+1. uploads the image with the remove-bg extension (``client.get_client()``, so whatever ImageKit
+   the settings point at: the bundled emulator unless ``PRIVATE_KEY`` is set; the emulator is
+   started if none is running);
+2. receives the callback on a temporary listener on ``127.0.0.1:<free port>`` (the upload's
+   ``webhookUrl``), checking its signature like the real endpoint does;
+3. downloads the result and writes it to ``--output``.
+
+A real ImageKit account cannot reach a listener on 127.0.0.1: with a real account the command
+also polls the file's details every few seconds and takes the first new version as the result.
+The uploaded file stays in the ImageKit media library (under ``FOLDER``/cli).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import secrets
+import struct
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from imagekit_bgremove import signatures
+from imagekit_bgremove.conf import app_settings
+from imagekit_bgremove.exceptions import ImageKitError
+from imagekit_bgremove.options import OptionsError, RemoveBgOptions
+
+MAX_CALLBACK_BYTES = 1024 * 1024
+POLL_INTERVAL = 3.0
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+
+
+def sniff_image(head: bytes) -> str | None:
+    """The image format of a file starting with ``head``, or None if it is not one we know."""
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:12] in (b"ftypavif", b"ftypheic", b"ftypmif1"):
+        return "avif"
+    return None
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an image, by Pillow when installed, else from a PNG header."""
+    try:
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except ImportError:
+        pass
+    except Exception:
+        return None
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    return None
+
+
+def as_png(data: bytes) -> bytes:
+    """``data`` as PNG: unchanged when it already is one (or when Pillow is not installed)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return data
+    try:
+        import io
+
+        from PIL import Image
+    except ImportError:
+        return data
+    with Image.open(io.BytesIO(data)) as image:
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        return out.getvalue()
+
+
+class CallbackListener:
+    """A one-shot local HTTP server that takes ImageKit's callback and hands it over."""
+
+    def __init__(self, secrets_: list[str], *, require_signature: bool, tolerance: float):
+        self.path = f"/callback/{secrets.token_urlsafe(16)}/"
+        self.received: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.problems: queue.Queue[str] = queue.Queue()
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                if self.path != listener.path:
+                    return self._answer(404, "unknown path")
+                try:
+                    length = int(self.headers.get("Content-Length") or "0")
+                except ValueError:
+                    return self._answer(400, "bad Content-Length")
+                if length > MAX_CALLBACK_BYTES:
+                    return self._answer(413, "too large")
+                body = self.rfile.read(length)
+                headers = dict(self.headers.items())
+                if require_signature or (secrets_ and signatures.has_signature(headers)):
+                    try:
+                        signatures.verify(body, headers, secrets_, tolerance=tolerance)
+                    except signatures.SignatureError as exc:
+                        listener.problems.put(f"refused a callback: signature {exc.reason}")
+                        return self._answer(401, exc.reason)
+                try:
+                    payload = json.loads(body)
+                except ValueError:
+                    listener.problems.put("refused a callback: body is not JSON")
+                    return self._answer(400, "not JSON")
+                if not isinstance(payload, dict):
+                    return self._answer(400, "not a JSON object")
+                listener.received.put(payload)
+                return self._answer(200, "ok")
+
+            def do_GET(self) -> None:
+                self._answer(405, "POST only")
+
+            def _answer(self, status: int, message: str) -> None:
+                data = json.dumps({"message": message}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # quiet: the command prints its own progress
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="remove_background-callback", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}{self.path}"
+
+    def __enter__(self) -> CallbackListener:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Command(BaseCommand):
+    help = (
+        "Remove the background of one image file through ImageKit (the bundled emulator unless "
+        "a PRIVATE_KEY is configured) and write the result as a PNG. Needs no web server and no "
+        "task worker."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("image", help="Path of the image to process.")
+        parser.add_argument("--output", "-o", required=True, help="Where to write the PNG result.")
+        parser.add_argument("--bg-color", help="Background colour: hex (81d4fa, #fff) or a name.")
+        parser.add_argument("--bg-image-url", help="URL of a background image.")
+        parser.add_argument("--add-shadow", action="store_true", help="Add a shadow (cars only).")
+        parser.add_argument(
+            "--no-semitransparency",
+            action="store_true",
+            help="Turn off semi-transparency (car windows).",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=120.0,
+            help="Seconds to wait for the result (default 120).",
+        )
+
+    def say(self, message: str) -> None:
+        self.stdout.write(message)
+        self.stdout.flush()
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        source = Path(opts["image"]).expanduser()
+        output = Path(opts["output"]).expanduser()
+        timeout = float(opts["timeout"])
+        if timeout <= 0:
+            raise CommandError("--timeout must be more than 0 seconds.")
+        data = self._read_image(source)
+        if not output.parent.is_dir():
+            raise CommandError(f"Cannot write {output}: directory {output.parent} does not exist.")
+        options = self._options(opts)
+
+        started = self._start_emulator()
+        try:
+            self._run(source, data, output, options, timeout)
+        finally:
+            if started is not None:
+                # Let a removal still in progress (after a timeout) finish cleanly before exit.
+                started.stop(timeout=30)
+
+    def _start_emulator(self):
+        """In emulator mode, make sure one answers; returns it if this command started it."""
+        if not app_settings.emulator_mode:
+            return None
+        from imagekit_bgremove.emulator.embedded import embedded_emulator, ensure_emulator
+
+        before = embedded_emulator()
+        try:
+            ensure_emulator(str(app_settings.EMULATOR_URL).rstrip("/"))
+        except Exception as exc:
+            raise CommandError(f"Could not start the ImageKit emulator: {exc}") from exc
+        after = embedded_emulator()
+        return after if after is not None and after is not before else None
+
+    def _run(
+        self, source: Path, data: bytes, output: Path, options: RemoveBgOptions, timeout: float
+    ) -> None:
+        from imagekit_bgremove.client import get_client
+
+        client = get_client()
+        secrets_ = app_settings.webhook_secrets
+        with CallbackListener(
+            secrets_,
+            require_signature=bool(app_settings.WEBHOOK_REQUIRE_SIGNATURE),
+            tolerance=float(app_settings.WEBHOOK_TOLERANCE_SECONDS),
+        ) as listener:
+            self.say(
+                f"uploading {source.name} ({len(data) // 1024 or 1} KB) to "
+                f"{client.upload_base_url} with remove-bg ({options})…"
+            )
+            folder = str(app_settings.FOLDER or "/").rstrip("/") + "/cli"
+            try:
+                uploaded = client.upload(
+                    data,
+                    source.name,
+                    folder=folder,
+                    use_unique_file_name=True,
+                    extensions=[options.to_extension()],
+                    webhook_url=listener.url,
+                )
+            except ImageKitError as exc:
+                raise CommandError(f"Upload failed: {exc}") from exc
+            file_id = str(uploaded.get("fileId") or "")
+            state = str((uploaded.get("extensionStatus") or {}).get("remove-bg") or "")
+            if state == "failed":
+                raise CommandError(
+                    f"ImageKit refused to run remove-bg on {source.name} (fileId {file_id}); "
+                    "check the account's extension units and the options."
+                )
+            self.say(f"pending at ImageKit (fileId {file_id})")
+            version = str((uploaded.get("versionInfo") or {}).get("id") or "")
+            file_object = self._wait(client, listener, file_id, version, timeout)
+        self.say(f"result received (version {(file_object.get('versionInfo') or {}).get('id')})")
+        try:
+            content, _media_type = client.download(
+                str(file_object["url"]), max_bytes=int(app_settings.RESULT_MAX_BYTES)
+            )
+        except (ImageKitError, ValueError) as exc:
+            raise CommandError(f"Downloading the result failed: {exc}") from exc
+        try:
+            png = as_png(content)
+        except Exception as exc:
+            raise CommandError(f"The result is not an image ({exc}).") from exc
+        tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(png)
+            tmp.replace(output)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise CommandError(f"Cannot write {output}: {exc.strerror or exc}") from exc
+        size = image_size(png)
+        self.say(f"wrote {output} ({size[0]}x{size[1]})" if size else f"wrote {output}")
+
+    # -- steps -----------------------------------------------------------------------------------
+    def _read_image(self, source: Path) -> bytes:
+        if not source.exists():
+            raise CommandError(f"No such file: {source}")
+        if not source.is_file():
+            raise CommandError(f"Not a file: {source}")
+        try:
+            data = source.read_bytes()
+        except OSError as exc:
+            raise CommandError(f"Cannot read {source}: {exc.strerror or exc}") from exc
+        if not data:
+            raise CommandError(f"{source} is empty.")
+        if sniff_image(data[:16]) is None:
+            raise CommandError(
+                f"{source} is not an image (expected JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF)."
+            )
+        return data
+
+    def _options(self, opts: dict[str, Any]) -> RemoveBgOptions:
+        given: dict[str, Any] = {}
+        if opts.get("bg_color"):
+            given["bg_color"] = opts["bg_color"]
+        if opts.get("bg_image_url"):
+            given["bg_image_url"] = opts["bg_image_url"]
+        if opts.get("add_shadow"):
+            given["add_shadow"] = True
+        if opts.get("no_semitransparency"):
+            given["semitransparency"] = False
+        try:
+            return RemoveBgOptions.from_dict(given)
+        except OptionsError as exc:
+            raise CommandError(f"Invalid options: {exc}") from exc
+
+    def _wait(
+        self, client, listener: CallbackListener, file_id: str, version: str, timeout: float
+    ) -> dict[str, Any]:
+        """The result's file details, from the callback or (real account) by polling."""
+        deadline = time.monotonic() + timeout
+        poll = not app_settings.emulator_mode and bool(file_id)
+        next_poll = time.monotonic() + POLL_INTERVAL
+        while True:
+            while not listener.problems.empty():
+                self.stderr.write(listener.problems.get_nowait())
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                how = "callback or new version" if poll else "callback"
+                raise CommandError(
+                    f"No {how} from ImageKit within {timeout:g} s (fileId {file_id}); "
+                    "try a longer --timeout."
+                )
+            try:
+                payload = listener.received.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                payload = None
+            if payload is not None:
+                result = self._from_callback(payload, file_id)
+                if result is not None:
+                    return result
+                continue
+            if poll and time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + POLL_INTERVAL
+                try:
+                    details = client.get_file_details(file_id)
+                except ImageKitError as exc:
+                    if not exc.retryable:
+                        raise CommandError(f"Checking the file failed: {exc}") from exc
+                    continue
+                current = str((details.get("versionInfo") or {}).get("id") or "")
+                if current and current != version and details.get("url"):
+                    return details
+
+    def _from_callback(self, payload: dict[str, Any], file_id: str) -> dict[str, Any] | None:
+        if payload.get("service") != "remove-bg":
+            self.stderr.write(f"ignoring a callback for {payload.get('service')!r}")
+            return None
+        status = str(payload.get("status") or "").upper()
+        if status == "FAILURE":
+            error = payload.get("error")
+            reason = error
+            if isinstance(error, dict):
+                reason = next(
+                    (error[k] for k in ("message", "reason", "detail", "code") if error.get(k)),
+                    json.dumps(error),
+                )
+            raise CommandError(
+                f"ImageKit could not remove the background: {reason or 'no reason given'}"
+            )
+        file_object = payload.get("fileObject")
+        if status != "SUCCESS" or not isinstance(file_object, dict) or not file_object.get("url"):
+            self.stderr.write(f"ignoring a callback of unexpected shape (status {status!r})")
+            return None
+        if file_id and file_object.get("fileId") not in (None, file_id):
+            self.stderr.write(f"ignoring a callback about another file ({file_object['fileId']})")
+            return None
+        return file_object
