@@ -86,8 +86,13 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'example.sqlite3'}")}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # The web server and db_worker write at the same time: wait for locks rather than fail.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 20)
+    # The web server and db_worker write at the same time. A deferred transaction that reads,
+    # then writes, fails at once with "database is locked" instead of waiting; IMMEDIATE takes
+    # the write lock up front, so the timeout applies. WAL lets readers go on meanwhile.
+    _sqlite_options = DATABASES["default"].setdefault("OPTIONS", {})
+    _sqlite_options.setdefault("timeout", 20)
+    _sqlite_options.setdefault("transaction_mode", "IMMEDIATE")
+    _sqlite_options.setdefault("init_command", "PRAGMA journal_mode=WAL;")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Background work (submitting to ImageKit, copying results) runs in `manage.py db_worker`.

@@ -66,6 +66,15 @@ fi
 "$PY" manage.py db_worker --no-reload &
 pids+=($!)
 
+# Lost callbacks and stuck jobs are settled by reconcile_removals; in production that is a cron
+# job (or a scheduler of your choice), here a loop.
+(
+    while sleep "${RECONCILE_EVERY:-60}"; do
+        "$PY" manage.py reconcile_removals --verbosity 0 || true
+    done
+) &
+pids+=($!)
+
 if [[ "$SERVER" == gunicorn ]]; then
     "$PY" -m gunicorn example_project.wsgi --bind "$HOST:$PORT" --workers 2 \
         --access-logfile - &

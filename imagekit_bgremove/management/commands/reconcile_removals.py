@@ -13,6 +13,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         summary = services.reconcile()
+        if options["verbosity"] < 1 or (options["verbosity"] == 1 and not any(summary.values())):
+            return  # quiet when run every minute from cron with nothing to do
         width = max(len(key) for key in summary)
         for key, value in summary.items():
             self.stdout.write(f"{key.replace('_', ' '):<{width}}  {value}")
