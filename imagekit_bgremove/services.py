@@ -399,9 +399,7 @@ def _submit_failed(
         return "retry"
     if retryable:
         changes["error_message"] = (f"Gave up after {job.attempts} attempts. {message}")[:5000]
-    if RemovalJob.objects.transition(job.pk, [JobStatus.SUBMITTING], JobStatus.FAILED, **changes):
-        _send_on_commit(removal_failed, job.pk)
-        _settle_duplicates_failed(job.pk)
+    _fail(job.pk, [JobStatus.SUBMITTING], **changes)
     return "failed"
 
 
@@ -426,17 +424,15 @@ def _submit(job: RemovalJob) -> str:
         storage = field.storage
         if not storage.exists(job.source_name):  # storage trouble raises: retried
             if not file_id:
-                if RemovalJob.objects.transition(
+                _fail(
                     job.pk,
                     [JobStatus.SUBMITTING],
-                    JobStatus.FAILED,
                     error_code="source_missing",
                     error_message=(
                         f"The original image {job.source_name!r} is missing from storage; "
                         "upload the image again."
                     ),
-                ):
-                    _send_on_commit(removal_failed, job.pk)
+                )
                 return "failed"
         else:
             source_hash, source_size = _hash_source(storage, job.source_name)
@@ -503,10 +499,9 @@ def _record_submission(job: RemovalJob, response: Mapping[str, Any]) -> str:
     }
     status = str((response.get("extensionStatus") or {}).get(SERVICE, "pending")).lower()
     if status == "failed":
-        if RemovalJob.objects.transition(
+        _fail(
             job.pk,
             [JobStatus.SUBMITTING],
-            JobStatus.FAILED,
             error_code="extension_failed",
             error_message=(
                 "ImageKit accepted the image but said remove-bg will not run on it "
@@ -514,9 +509,7 @@ def _record_submission(job: RemovalJob, response: Mapping[str, Any]) -> str:
             ),
             error_details={"extensionStatus": response.get("extensionStatus")},
             **file_fields,
-        ):
-            _send_on_commit(removal_failed, job.pk)
-            _settle_duplicates_failed(job.pk)
+        )
         return "failed"
     if RemovalJob.objects.transition(
         job.pk, [JobStatus.SUBMITTING], JobStatus.PENDING, next_attempt_at=None, **file_fields
@@ -573,18 +566,26 @@ def _settle_duplicate(job_id: int) -> None:
 
 
 def _fail_duplicate(job_id: int, original: RemovalJob) -> None:
-    if RemovalJob.objects.transition(
+    _fail(
         job_id,
         [JobStatus.PENDING],
-        JobStatus.FAILED,
         error_code=original.error_code or "original_failed",
         error_message=(
             f"The identical job #{original.pk} ended {original.status}: "
             f"{original.error_message or 'no reason given'}"
         )[:5000],
         error_details=original.error_details,
-    ):
-        _send_on_commit(removal_failed, job_id)
+    )
+
+
+def _fail(job_id: int, from_statuses: list[str], **changes: Any) -> bool:
+    """Move the job to ``failed`` if it is still in one of ``from_statuses``; then tell the
+    receivers of ``removal_failed`` (after commit) and fail the duplicates waiting on it."""
+    if not RemovalJob.objects.transition(job_id, from_statuses, JobStatus.FAILED, **changes):
+        return False
+    _send_on_commit(removal_failed, job_id)
+    _settle_duplicates_failed(job_id)
+    return True
 
 
 def _settle_duplicates_failed(job_id: int) -> None:
@@ -769,14 +770,7 @@ def _accept_failure(job: RemovalJob, file_id: str, payload: Mapping[str, Any]) -
     }
     if file_id and not job.file_id:
         changes["file_id"] = file_id[:100]
-    RemovalJob.objects.transition(
-        job.pk,
-        [JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.PENDING],
-        JobStatus.FAILED,
-        **changes,
-    )
-    _send_on_commit(removal_failed, job.pk)
-    _settle_duplicates_failed(job.pk)
+    _fail(job.pk, [JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.PENDING], **changes)
     job.refresh_from_db()
     return CallbackOutcome("accepted", f"Job #{job.pk} failed at ImageKit.", job)
 
@@ -804,17 +798,15 @@ def finalize(job_id: int) -> str:
     try:
         confirm = app_settings.WEBHOOK_CONFIRM_WITH_API and job.file_id and not job.duplicate_of_id
         if confirm and not _version_exists(job):
-            if RemovalJob.objects.transition(
+            _fail(
                 job.pk,
                 [JobStatus.PENDING],
-                JobStatus.FAILED,
                 error_code="result_unconfirmed",
                 error_message=(
                     f"ImageKit does not know result version {job.result_version_id} of "
                     f"file {job.file_id}; the callback was not confirmed."
                 ),
-            ):
-                _send_on_commit(removal_failed, job.pk)
+            )
             return "failed"
         if app_settings.COPY_RESULT:
             changes.update(_copy_result(job))
@@ -965,29 +957,23 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
             if exc.retryable:
                 summary["errors"] += 1
                 continue
-            if RemovalJob.objects.transition(
+            if _fail(
                 job.pk,
                 [JobStatus.PENDING],
-                JobStatus.FAILED,
                 error_code=_error_code(exc)[:100],
                 error_message=_readable(exc, "report on the file"),
                 error_details=exc.body if isinstance(exc.body, dict) else None,
             ):
-                _send_on_commit(removal_failed, job.pk)
-                _settle_duplicates_failed(job.pk)
                 summary["failed"] += 1
             continue
         if started < deadline:
             hours = float(app_settings.PENDING_DEADLINE_SECONDS) / 3600
-            if RemovalJob.objects.transition(
+            if _fail(
                 job.pk,
                 [JobStatus.PENDING],
-                JobStatus.FAILED,
                 error_code="no_result",
                 error_message=f"No result from ImageKit after {hours:g} hours.",
             ):
-                _send_on_commit(removal_failed, job.pk)
-                _settle_duplicates_failed(job.pk)
                 summary["failed"] += 1
 
     # Submitting for too long: the worker died mid-way. The upload is idempotent (same name,

@@ -196,6 +196,26 @@ def test_duplicate_job_settles_with_its_original(emulator, run_on_commit):
     assert len(emulator.state()["files"]) == 1
 
 
+def test_unconfirmed_original_fails_its_waiting_duplicate_at_once(
+    emulator, settings, run_on_commit, received
+):
+    settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "WEBHOOK_CONFIRM_WITH_API": True}
+    first, _ = submitted_product(run_on_commit, "one.png", seed=12)
+    second, _ = submitted_product(run_on_commit, "two.png", seed=12)
+    job1 = RemovalJob.objects.get(pk=first.photo.removal.pk)
+    job2 = RemovalJob.objects.get(pk=second.photo.removal.pk)
+    assert job2.duplicate_of_id == job1.pk
+    payload = callback_payload(emulator, job1)
+    forged = {**payload, "fileObject": {**payload["fileObject"], "versionInfo": {"id": "nope"}}}
+    with run_on_commit():
+        services.apply_callback(job1.pk, forged)
+    job2.refresh_from_db()
+    # Not left pending until reconcile's deadline: it shares its original's fate and reason.
+    assert job2.status == JobStatus.FAILED and job2.error_code == "result_unconfirmed"
+    assert f"job #{job1.pk}" in job2.error_message
+    assert sorted(r[:2] for r in received) == [("failed", job1.pk), ("failed", job2.pk)]
+
+
 def test_result_too_large_still_succeeds_without_copy(emulator, settings, run_on_commit):
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "RESULT_MAX_BYTES": 10}
     product, _ = submitted_product(run_on_commit)
