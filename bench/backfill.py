@@ -18,52 +18,8 @@ import argparse
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-
-def configure() -> None:
-    import django
-    from django.conf import settings
-
-    try:
-        import django.tasks
-
-        immediate = "django.tasks.backends.immediate.ImmediateBackend"
-    except ImportError:  # Django 5.2 + backport
-        immediate = "django_tasks.backends.immediate.ImmediateBackend"
-    settings.configure(
-        SECRET_KEY="bench",
-        USE_TZ=True,
-        DEBUG=False,
-        INSTALLED_APPS=[
-            "django.contrib.auth",
-            "django.contrib.contenttypes",
-            "django_tasks_db",
-            "imagekit_bgremove",
-            "tests.testapp",
-        ],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
-        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
-        ROOT_URLCONF="tests.urls",
-        STORAGES={
-            "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
-            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-        },
-        TASKS={
-            "default": {"BACKEND": immediate},
-            "db": {"BACKEND": "django_tasks_db.DatabaseBackend"},
-        },
-        IMAGEKIT_BGREMOVE={"TASK_BACKEND": "db", "EMULATOR_AUTOSTART": False},
-        SILENCED_SYSTEM_CHECKS=["imagekit_bgremove.W001"],
-        LOGGING_CONFIG=None,
-    )
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, run_syncdb=True)
+from _django import configure
 
 
 def main() -> int:
@@ -72,7 +28,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--max-peak-mb", type=float, default=16.0)
     args = parser.parse_args()
-    configure()
+    configure({"BACKEND": "django.core.files.storage.InMemoryStorage"})
 
     from django.db import connection
     from django.test.utils import CaptureQueriesContext

@@ -22,59 +22,8 @@ import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-
-def configure(media: str) -> None:
-    import django
-    from django.conf import settings
-
-    try:
-        import django.tasks
-
-        immediate = "django.tasks.backends.immediate.ImmediateBackend"
-    except ImportError:  # Django 5.2 + backport
-        immediate = "django_tasks.backends.immediate.ImmediateBackend"
-    settings.configure(
-        SECRET_KEY="bench",
-        USE_TZ=True,
-        DEBUG=False,
-        INSTALLED_APPS=[
-            "django.contrib.auth",
-            "django.contrib.contenttypes",
-            "django_tasks_db",
-            "imagekit_bgremove",
-            "tests.testapp",
-        ],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
-        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
-        ROOT_URLCONF="tests.urls",
-        STORAGES={
-            "default": {
-                "BACKEND": "django.core.files.storage.FileSystemStorage",
-                "OPTIONS": {"location": media},
-            },
-            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-        },
-        TASKS={
-            "default": {"BACKEND": immediate},
-            "db": {"BACKEND": "django_tasks_db.DatabaseBackend"},
-        },
-        IMAGEKIT_BGREMOVE={
-            "TASK_BACKEND": "db",
-            "WEBHOOK_BASE_URL": "http://bench.invalid",
-            "EMULATOR_AUTOSTART": False,
-        },
-        SILENCED_SYSTEM_CHECKS=["imagekit_bgremove.W001"],
-        LOGGING_CONFIG=None,
-    )
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, run_syncdb=True)
+from _django import configure
 
 
 def png(seed: int) -> bytes:
@@ -95,7 +44,13 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as media:
-        configure(media)
+        configure(
+            {
+                "BACKEND": "django.core.files.storage.FileSystemStorage",
+                "OPTIONS": {"location": media},
+            },
+            WEBHOOK_BASE_URL="http://bench.invalid",
+        )
         from django.core.files.uploadedfile import SimpleUploadedFile
         from django.db import transaction
 
