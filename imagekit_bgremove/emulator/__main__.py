@@ -1,4 +1,8 @@
-"""``python -m imagekit_bgremove.emulator`` / ``imagekit-emulator``: run the emulator."""
+"""``python -m imagekit_bgremove.emulator`` / ``imagekit-emulator``: run the emulator.
+
+``--segmentation-model PATH`` makes remove-bg use a deployer's own ONNX segmentation model
+instead of the built-in methods (see ``--help`` and ``removal.SegmentationModel``).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,10 @@ from .config import (
     DEFAULT_PORT,
     DEFAULT_PRIVATE_KEY,
     DEFAULT_WEBHOOK_SECRET,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     EmulatorConfig,
+    SegmentationModelError,
 )
 from .faults import Faults, FaultsError
 from .server import Emulator
@@ -56,6 +63,21 @@ _FAULT_FLAGS: list[tuple[str, str, Any, str]] = [
     ),
     ("--webhook-lost-rate", "lost_rate", float, "probability that a callback is never sent"),
 ]
+
+
+def _rgb_triple(text: str) -> tuple[float, float, float]:
+    parts = text.split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B, not {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _triple_text(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +159,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--unsigned-callbacks", action="store_true", help="send callbacks without signature headers"
     )
+    model = parser.add_argument_group(
+        "segmentation model",
+        "remove-bg with your own ONNX model instead of the built-in border/GrabCut methods. "
+        "The model gets the RGB image resized to NxN as a 1x3xNxN float32 tensor of "
+        "(pixel/255 - mean) / std; its first output, squeezed to 2-D, is the foreground map: "
+        "probabilities if all values are in [0,1], otherwise logits (a sigmoid is applied). "
+        "The map is resized to the image and becomes alpha (soft with semitransparency, "
+        "else thresholded at 0.5). Runs on OpenCV's DNN module: no extra dependency.",
+    )
+    model.add_argument(
+        "--segmentation-model",
+        metavar="PATH",
+        help="ONNX model file; loaded at startup, which fails if it is missing or invalid",
+    )
+    model.add_argument(
+        "--segmentation-input-size",
+        type=int,
+        default=320,
+        metavar="N",
+        help="side of the square model input (%(default)s)",
+    )
+    model.add_argument(
+        "--segmentation-mean",
+        type=_rgb_triple,
+        default=IMAGENET_MEAN,
+        metavar="R,G,B",
+        help=f"per-channel mean on 0..1 pixels (ImageNet: {_triple_text(IMAGENET_MEAN)})",
+    )
+    model.add_argument(
+        "--segmentation-std",
+        type=_rgb_triple,
+        default=IMAGENET_STD,
+        metavar="R,G,B",
+        help=f"per-channel std on 0..1 pixels (ImageNet: {_triple_text(IMAGENET_STD)})",
+    )
     faults = parser.add_argument_group(
         "faults", "also settable at run time with PUT /_emulator/faults"
     )
@@ -206,6 +263,10 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
             sign_callbacks=not args.unsigned_callbacks,
             faults=faults,
             log_requests=args.log_level == "DEBUG" or args.log_level == "INFO",
+            segmentation_model=args.segmentation_model,
+            segmentation_input_size=args.segmentation_input_size,
+            segmentation_mean=args.segmentation_mean,
+            segmentation_std=args.segmentation_std,
         )
     except ValueError as exc:
         raise SystemExit(f"invalid setting: {exc}") from None
@@ -218,7 +279,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    emulator = Emulator(config_from_args(args))
+    try:
+        emulator = Emulator(config_from_args(args))
+    except SegmentationModelError as exc:
+        print(f"imagekit-emulator: {exc}", file=sys.stderr)
+        return 1
     try:
         emulator.start()
     except OSError as exc:

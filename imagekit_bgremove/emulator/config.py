@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -20,6 +22,12 @@ MAX_VERSIONS = 100
 DEFAULT_MAX_UPLOAD_BYTES = 25 * MB
 #: Where ImageKit's error bodies send people.
 HELP_TEXT = "For support kindly contact us at support@imagekit.io."
+#: Per-channel (R, G, B) normalisation of a segmentation model's input, on pixels scaled to
+#: 0..1: ImageNet's statistics, which most PyTorch-trained segmentation models expect.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: Largest accepted ``segmentation_input_size``.
+MAX_SEGMENTATION_INPUT_SIZE = 4096
 
 
 DEFAULT_PRIVATE_KEY: str = defaults.EMULATOR_PRIVATE_KEY
@@ -27,6 +35,22 @@ DEFAULT_WEBHOOK_SECRET: str = defaults.EMULATOR_WEBHOOK_SECRET
 DEFAULT_URL: str = defaults.EMULATOR_URL.rstrip("/")
 DEFAULT_HOST: str = urlsplit(DEFAULT_URL).hostname or "127.0.0.1"
 DEFAULT_PORT: int = urlsplit(DEFAULT_URL).port or 8790
+
+
+class SegmentationModelError(ValueError):
+    """The configured segmentation model cannot be used (missing file, not a valid ONNX
+    model, or an output that is not a single-channel map). Raised when the emulator is
+    created, so a bad model stops it at startup rather than failing every job."""
+
+
+def _triple(name: str, value: Any) -> tuple[float, float, float]:
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be three numbers (R, G, B), not {value!r}") from None
+    if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
+        raise ValueError(f"{name} must be three finite numbers (R, G, B), not {value!r}")
+    return numbers  # type: ignore[return-value]
 
 
 def _strings(value: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -81,6 +105,14 @@ class EmulatorConfig:
     log_requests: bool = False
     #: Seconds an idle keep-alive connection is kept open.
     idle_timeout: float = 30.0
+    #: Path to an ONNX segmentation model that replaces the built-in remove-bg methods: it gets
+    #: the RGB image resized to ``segmentation_input_size`` squared, as a 1x3xNxN float32
+    #: tensor of ``(pixel / 255 - mean) / std``, and its first output is read as a foreground
+    #: map (see ``removal.SegmentationModel``). Loaded by ``Emulator()``; None = built-ins.
+    segmentation_model: str | None = None
+    segmentation_input_size: int = 320
+    segmentation_mean: tuple[float, float, float] = IMAGENET_MEAN
+    segmentation_std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         self.webhook_secrets = _strings(self.webhook_secrets)
@@ -95,6 +127,19 @@ class EmulatorConfig:
             raise ValueError("private_key must not be empty")
         if self.max_versions < 1:
             raise ValueError("max_versions must be at least 1")
+        if self.segmentation_model is not None:
+            self.segmentation_model = os.fspath(self.segmentation_model) or None
+        size = self.segmentation_input_size
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise ValueError(f"segmentation_input_size must be an integer, not {size!r}")
+        if not 1 <= size <= MAX_SEGMENTATION_INPUT_SIZE:
+            raise ValueError(
+                f"segmentation_input_size must be 1..{MAX_SEGMENTATION_INPUT_SIZE}, not {size}"
+            )
+        self.segmentation_mean = _triple("segmentation_mean", self.segmentation_mean)
+        self.segmentation_std = _triple("segmentation_std", self.segmentation_std)
+        if min(self.segmentation_std) <= 0:
+            raise ValueError(f"segmentation_std must be positive, not {self.segmentation_std}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -128,8 +173,12 @@ __all__ = [
     "DEFAULT_URL",
     "DEFAULT_WEBHOOK_SECRET",
     "HELP_TEXT",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MAX_SEGMENTATION_INPUT_SIZE",
     "MAX_VERSIONS",
     "REMOVE_BG_UNITS",
     "EmulatorConfig",
+    "SegmentationModelError",
     "display_host",
 ]

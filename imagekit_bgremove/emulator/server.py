@@ -34,7 +34,13 @@ from imagekit_bgremove import __version__
 from imagekit_bgremove.options import EXTENSION_NAME, OptionsError, RemoveBgOptions
 
 from .callbacks import CallbackDispatcher, WorkerPool
-from .config import HELP_TEXT, REMOVE_BG_UNITS, EmulatorConfig, display_host
+from .config import (
+    HELP_TEXT,
+    REMOVE_BG_UNITS,
+    EmulatorConfig,
+    SegmentationModelError,
+    display_host,
+)
 from .faults import ApiFault, FaultInjector, Faults, FaultsError
 from .store import (
     Activity,
@@ -1417,6 +1423,33 @@ class _Server(ThreadingHTTPServer):
 # ============================================================================ the emulator
 
 
+def _load_segmentation_model(config: EmulatorConfig) -> Any:
+    """The configured ONNX model (a ``removal.SegmentationModel``) or None; loaded once here,
+    raising SegmentationModelError naming the file when it cannot be used."""
+    if not config.segmentation_model:
+        return None
+    try:
+        from .removal import SegmentationModel
+    except ImportError as exc:  # the emulator extra is not installed
+        raise SegmentationModelError(
+            f"segmentation model {config.segmentation_model!r} needs the emulator extra "
+            f"(pip install 'imagekit-bgremove[emulator]'): {exc}"
+        ) from None
+    model = SegmentationModel(
+        config.segmentation_model,
+        input_size=config.segmentation_input_size,
+        mean=config.segmentation_mean,
+        std=config.segmentation_std,
+    )
+    logger.info(
+        "remove-bg uses the segmentation model %s (input %dx%d)",
+        model.path,
+        model.input_size,
+        model.input_size,
+    )
+    return model
+
+
 class Emulator:
     """A running ImageKit emulator: ``Emulator(EmulatorConfig(port=0)).start()``."""
 
@@ -1425,6 +1458,8 @@ class Emulator:
         if overrides:
             config = config.updated(**overrides)
         self.config = config
+        # First, so a bad model stops the emulator before it touches anything else.
+        self.segmentation_model = _load_segmentation_model(config)
         self.store = Store(config.data_dir)
         self.activity = Activity()
         self.injector = FaultInjector(config.faults, seed=config.seed)
@@ -1561,6 +1596,7 @@ class Emulator:
             "workers": self.config.workers,
             "maxUploadBytes": self.config.max_upload_bytes,
             "trustHosts": sorted(self.trusted_hosts()),
+            "segmentationModel": self.config.segmentation_model,
         }
         state["quota"]["limit"] = self.config.extension_quota_units
         return state
@@ -1694,6 +1730,7 @@ class Emulator:
                 bg_color=options.bg_color,
                 background=background,
                 max_pixels=self.config.max_pixels,
+                segmentation_model=self.segmentation_model,
             )
         except RemovalError as exc:
             raise JobFailure(f"Background removal failed: {exc}", "invalid_image") from None
