@@ -561,6 +561,18 @@ def _settle_duplicate(job_id: int) -> None:
                 **_copy_result_fields(original), updated_at=timezone.now()
             )
             _enqueue_on_commit("finalize_removal", job.pk)
+    elif original.status in (JobStatus.SUPERSEDED, JobStatus.CANCELLED):
+        # The original will never take its result (a newer image replaced it), but nothing
+        # is wrong with this job's image: send it on its own instead of failing it.
+        if RemovalJob.objects.transition(
+            job.pk,
+            [JobStatus.PENDING],
+            JobStatus.QUEUED,
+            duplicate_of=None,
+            submitted_at=None,
+            next_attempt_at=None,
+        ):
+            _enqueue_on_commit("submit_removal", job.pk)
     elif original.status in FINISHED and original.status != JobStatus.SUCCEEDED:
         _fail_duplicate(job.pk, original)
 

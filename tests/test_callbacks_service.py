@@ -216,6 +216,35 @@ def test_unconfirmed_original_fails_its_waiting_duplicate_at_once(
     assert sorted(r[:2] for r in received) == [("failed", job1.pk), ("failed", job2.pk)]
 
 
+def test_duplicate_waiting_on_a_superseded_original_is_sent_on_its_own(
+    emulator, run_on_commit, received
+):
+    # Two products with the same image: the second waits for the first's result.
+    first, _ = submitted_product(run_on_commit, "one.png", seed=13)
+    second, _ = submitted_product(run_on_commit, "two.png", seed=13)
+    job1 = RemovalJob.objects.get(pk=first.photo.removal.pk)
+    job2 = RemovalJob.objects.get(pk=second.photo.removal.pk)
+    assert job2.duplicate_of_id == job1.pk and job2.status == JobStatus.PENDING
+    # The first product gets another image before its result came: its job is superseded, and
+    # the result it would have shared is ignored when it arrives.
+    with run_on_commit():
+        first.photo = make_image("one-new.png", seed=14)
+        first.save()
+    job1.refresh_from_db()
+    assert job1.status == JobStatus.SUPERSEDED
+    with run_on_commit():
+        services.reconcile()
+    # Nothing is wrong with the second product's image: it is sent on its own, not failed.
+    job2.refresh_from_db()
+    assert job2.status == JobStatus.PENDING, job2.error_message
+    assert job2.duplicate_of_id is None and job2.file_id and job2.file_id != job1.file_id
+    with run_on_commit():
+        services.apply_callback(job2.pk, callback_payload(emulator, job2))
+    job2.refresh_from_db()
+    assert job2.status == JobStatus.SUCCEEDED and default_storage.exists(job2.result_name)
+    assert ("failed", job2.pk) not in [r[:2] for r in received]
+
+
 def test_result_too_large_still_succeeds_without_copy(emulator, settings, run_on_commit):
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "RESULT_MAX_BYTES": 10}
     product, _ = submitted_product(run_on_commit)
