@@ -514,6 +514,7 @@ def _record_submission(job: RemovalJob, response: Mapping[str, Any]) -> str:
     if RemovalJob.objects.transition(
         job.pk, [JobStatus.SUBMITTING], JobStatus.PENDING, next_attempt_at=None, **file_fields
     ):
+        _schedule_check(job.pk, file_fields["submitted_at"], file_fields["submitted_at"])
         return "pending"
     # A callback settled the job while we were submitting: only record what ImageKit told us.
     RemovalJob.objects.filter(pk=job.pk).update(
@@ -908,6 +909,80 @@ def _copy_result(job: RemovalJob) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ reconcile
 
 
+def _ask_imagekit(job: RemovalJob, deadline: datetime) -> str:
+    """Settle a pending job whose callback has not come by asking ImageKit for the file: a new
+    version is its result; past ``deadline`` it fails. Returns "succeeded", "failed", "error"
+    (ImageKit unreachable for now), "waiting" or "unchanged" (settled meanwhile by a callback)."""
+    try:
+        if job.file_id:
+            details = _client().get_file_details(job.file_id)
+            version = str((details.get("versionInfo") or {}).get("id") or "")
+            if version and version != job.source_version_id and details.get("url"):
+                with transaction.atomic():
+                    locked = RemovalJob.objects.select_for_update().get(pk=job.pk)
+                    outcome = _accept_success(locked, job.file_id, details, source="reconcile")
+                return "succeeded" if outcome.verdict == "accepted" else "unchanged"
+    except ImageKitError as exc:
+        if exc.retryable:
+            return "error"
+        failed = _fail(
+            job.pk,
+            [JobStatus.PENDING],
+            error_code=_error_code(exc)[:100],
+            error_message=_readable(exc, "report on the file"),
+            error_details=exc.body if isinstance(exc.body, dict) else None,
+        )
+        return "failed" if failed else "unchanged"
+    if (job.submitted_at or job.updated_at) < deadline:
+        hours = float(app_settings.PENDING_DEADLINE_SECONDS) / 3600
+        failed = _fail(
+            job.pk,
+            [JobStatus.PENDING],
+            error_code="no_result",
+            error_message=f"No result from ImageKit after {hours:g} hours.",
+        )
+        return "failed" if failed else "unchanged"
+    return "waiting"
+
+
+#: The longest wait between two checks of one job with ImageKit.
+CHECK_INTERVAL_MAX = timedelta(hours=1)
+
+
+def _schedule_check(job_id: int, submitted_at: datetime, now: datetime) -> None:
+    """Check with ImageKit later whether a pending job's callback was lost: first after
+    RECONCILE_AFTER_SECONDS, then after as long again as it has waited (so checks thin out), at
+    most CHECK_INTERVAL_MAX apart, and at the deadline. Needs a backend that can defer tasks
+    (django-tasks-db's can); with others, ``reconcile_removals`` from cron does the same."""
+    first = timedelta(seconds=float(app_settings.RECONCILE_AFTER_SECONDS))
+    deadline = submitted_at + timedelta(seconds=float(app_settings.PENDING_DEADLINE_SECONDS))
+    wait = min(max(first, now - submitted_at), CHECK_INTERVAL_MAX)
+    # A second past the deadline, so that the last check finds the job overdue.
+    run_after = min(now + wait, deadline + timedelta(seconds=1))
+    _enqueue_on_commit("check_removal", job_id, run_after=run_after)
+
+
+def check(job_id: int, now: datetime | None = None) -> str:
+    """The deferred check of one pending job (see ``_schedule_check``); safe to run twice."""
+    now = now or timezone.now()
+    job = RemovalJob.objects.filter(pk=job_id).first()
+    if (
+        job is None
+        or job.status != JobStatus.PENDING
+        or job.result_url
+        or job.duplicate_of_id
+        or job.submitted_at is None
+    ):
+        return "skipped"
+    if now - job.submitted_at < timedelta(seconds=float(app_settings.RECONCILE_AFTER_SECONDS)):
+        return "early"  # a stray early run: the scheduled one is still to come
+    deadline = now - timedelta(seconds=float(app_settings.PENDING_DEADLINE_SECONDS))
+    outcome = _ask_imagekit(job, deadline)
+    if outcome in ("waiting", "error"):
+        _schedule_check(job.pk, job.submitted_at, now)
+    return outcome
+
+
 def reconcile(now: datetime | None = None) -> dict[str, int]:
     """Settle what callbacks and queues left behind. Returns counts of what was done."""
     now = now or timezone.now()
@@ -953,40 +1028,11 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
     ).filter(Q(submitted_at__lt=after) | Q(submitted_at__isnull=True, updated_at__lt=after))
     for job in stale.order_by("pk").iterator(chunk_size=200):
         summary["checked"] += 1
-        started = job.submitted_at or job.updated_at
-        try:
-            if job.file_id:
-                details = _client().get_file_details(job.file_id)
-                version = str((details.get("versionInfo") or {}).get("id") or "")
-                if version and version != job.source_version_id and details.get("url"):
-                    with transaction.atomic():
-                        locked = RemovalJob.objects.select_for_update().get(pk=job.pk)
-                        outcome = _accept_success(locked, job.file_id, details, source="reconcile")
-                    if outcome.verdict == "accepted":
-                        summary["succeeded"] += 1
-                    continue
-        except ImageKitError as exc:
-            if exc.retryable:
-                summary["errors"] += 1
-                continue
-            if _fail(
-                job.pk,
-                [JobStatus.PENDING],
-                error_code=_error_code(exc)[:100],
-                error_message=_readable(exc, "report on the file"),
-                error_details=exc.body if isinstance(exc.body, dict) else None,
-            ):
-                summary["failed"] += 1
-            continue
-        if started < deadline:
-            hours = float(app_settings.PENDING_DEADLINE_SECONDS) / 3600
-            if _fail(
-                job.pk,
-                [JobStatus.PENDING],
-                error_code="no_result",
-                error_message=f"No result from ImageKit after {hours:g} hours.",
-            ):
-                summary["failed"] += 1
+        outcome = _ask_imagekit(job, deadline)
+        if outcome in ("succeeded", "failed"):
+            summary[outcome] += 1
+        elif outcome == "error":
+            summary["errors"] += 1
 
     # Submitting for too long: the worker died mid-way. The upload is idempotent (same name,
     # overwriteFile), so send it again.

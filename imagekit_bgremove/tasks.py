@@ -29,6 +29,13 @@ def finalize_removal(job_id: int) -> str:
 
 
 @task
+def check_removal(job_id: int) -> str:
+    from . import services
+
+    return services.check(int(job_id))
+
+
+@task
 def reconcile_removals() -> dict[str, int]:
     from . import services
 

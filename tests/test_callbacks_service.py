@@ -279,6 +279,60 @@ def test_reconcile_finds_a_lost_callbacks_result(emulator, run_on_commit):
     )
 
 
+def test_a_pending_job_checks_itself_for_its_lost_callback(emulator, run_on_commit):
+    product, _ = submitted_product(run_on_commit)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
+    emulator.wait_idle(20)  # ImageKit has the result; its callback never reached us
+    submitted = job.submitted_at
+    assert services.check(job.pk, now=submitted + timedelta(minutes=5)) == "early"
+    with run_on_commit():
+        assert services.check(job.pk, now=submitted + timedelta(minutes=11)) == "succeeded"
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and default_storage.exists(job.result_name)
+    assert services.check(job.pk) == "skipped"  # a second run changes nothing
+
+
+def test_the_check_comes_back_less_and_less_often_then_gives_up(
+    emulator, run_on_commit, dummy_tasks
+):
+    from imagekit_bgremove.compat import task_backends
+
+    with run_on_commit():
+        product = Product.objects.create(photo=make_image("slow.png"))
+    job = RemovalJob.objects.get(pk=Product.objects.get(pk=product.pk).photo_removal_id)
+    with run_on_commit():
+        services.submit(job.pk)
+    job.refresh_from_db()
+    submitted = job.submitted_at
+    checks = [r for r in task_backends["default"].results if r.task.name == "check_removal"]
+    assert [c.task.run_after - submitted for c in checks] == [timedelta(minutes=10)]
+    # As if ImageKit were still working on it: no version newer than the one we sent.
+    emulator.wait_idle(20)
+    RemovalJob.objects.filter(pk=job.pk).update(source_version_id=_current_version(emulator, job))
+
+    def next_check_after(elapsed: timedelta) -> timedelta:
+        task_backends["default"].results.clear()
+        with run_on_commit():
+            assert services.check(job.pk, now=submitted + elapsed) == "waiting"
+        (check,) = task_backends["default"].results
+        assert check.args == [job.pk]
+        return check.task.run_after - submitted
+
+    assert next_check_after(timedelta(minutes=10)) == timedelta(minutes=20)
+    assert next_check_after(timedelta(minutes=20)) == timedelta(minutes=40)
+    assert next_check_after(timedelta(hours=5)) == timedelta(hours=6)  # at most an hour apart
+    assert next_check_after(timedelta(hours=25, minutes=30)) == timedelta(hours=26, seconds=1)
+    with run_on_commit():
+        assert services.check(job.pk, now=submitted + timedelta(hours=26, seconds=1)) == "failed"
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "No result from ImageKit" in job.error_message
+
+
+def _current_version(emulator, job: RemovalJob) -> str:
+    (record,) = [f for f in emulator.state()["files"] if f["fileId"] == job.file_id]
+    return record["currentVersionId"]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_full_loop_over_http(live_emulator, received):
     """Save → upload → the emulator removes the background → its callback reaches our webhook

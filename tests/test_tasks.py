@@ -117,6 +117,16 @@ job = RemovalJob.objects.get()
 print(job.status, bool(job.file_id), DBTaskResult.objects.filter(queue_name="removals").count())
 """
 
+CHECK = """
+from datetime import timedelta
+from imagekit_bgremove.models import RemovalJob
+from django_tasks_db.models import DBTaskResult
+job = RemovalJob.objects.get()
+check = DBTaskResult.objects.get(task_path="imagekit_bgremove.tasks.check_removal")
+print(check.status, check.args_kwargs["args"] == [job.pk],
+      check.run_after - job.submitted_at == timedelta(seconds=600))
+"""
+
 
 def test_database_backend_and_db_worker(emulator, tmp_path):
     """The production path: save enqueues on django-tasks-db, `manage.py db_worker` submits."""
@@ -160,5 +170,7 @@ def test_database_backend_and_db_worker(emulator, tmp_path):
     assert manage("shell", "-c", SHOW) == "queued False 1"
     assert uploads(emulator) == []
     manage("db_worker", "--batch", "--queue-name", "removals", "--no-startup-delay")
-    assert manage("shell", "-c", SHOW) == "pending True 1"
+    # Submitted once, and a check for a lost callback waits its turn (RECONCILE_AFTER_SECONDS).
+    assert manage("shell", "-c", SHOW) == "pending True 2"
     assert len(uploads(emulator)) == 1
+    assert manage("shell", "-c", CHECK) == "READY True True"
