@@ -677,15 +677,14 @@ def recorded_result_version(job_id: int, payload: Any) -> str | None:
     if status != "SUCCESS" or file_object is None:
         return None
     version = _result_fields(file_object)["result_version_id"]
-    row = (
+    rows = list(
         RemovalJob.objects.filter(pk=job_id)
-        .order_by()  # one row by primary key: no ORDER BY to build
-        .values_list("status", "file_id", "result_version_id", "result_url")
-        .first()
+        .order_by()  # one row by primary key: no ORDER BY (which .first() would add)
+        .values_list("status", "file_id", "result_version_id", "result_url")[:1]
     )
-    if row is None:
+    if not rows:
         return None
-    job_status, job_file_id, job_version, job_result_url = row
+    job_status, job_file_id, job_version, job_result_url = rows[0]
     if job_status not in (JobStatus.PENDING, JobStatus.SUCCEEDED) or job_file_id != file_id:
         return None
     return version if _already_recorded(job_result_url, job_version, version) else None
