@@ -65,7 +65,15 @@ class CallbackOutcome:
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _field(model: type[models.Model], field_name: str):
+def removal_field_names(model: type[models.Model]) -> list[str]:
+    """The image fields of ``model`` whose backgrounds this app can remove."""
+    from .fields import BackgroundRemovalImageField
+
+    return [f.name for f in model._meta.get_fields() if isinstance(f, BackgroundRemovalImageField)]
+
+
+def removal_field(model: type[models.Model], field_name: str):
+    """``model``'s BackgroundRemovalImageField ``field_name``; ValueError naming the problem."""
     from .fields import BackgroundRemovalImageField
 
     try:
@@ -144,6 +152,11 @@ def enqueue_submit(job_id: int) -> Any:
     return _enqueue_now("submit_removal", job_id)
 
 
+def enqueue_reconcile() -> Any:
+    """Queue one ``reconcile_removals`` run now; never raises (None when it could not)."""
+    return _enqueue_now("reconcile_removals")
+
+
 def _enqueue_on_commit(task_name: str, job_id: int, *, run_after: datetime | None = None) -> None:
     transaction.on_commit(lambda: _enqueue_now(task_name, job_id, run_after=run_after), robust=True)
 
@@ -203,7 +216,7 @@ def request_removal(
     commits. Raises ``OptionsError`` for invalid options and ``ValueError`` for anything else."""
     if instance is None or instance.pk is None:
         raise ValueError("Save the object before requesting a background removal.")
-    field = _field(type(instance), field_name)
+    field = removal_field(type(instance), field_name)
     defaults = field_options(field)
     merged = RemoveBgOptions.coerce(options, base=defaults) if options else defaults
     file = getattr(instance, field.attname)
@@ -404,8 +417,7 @@ def _submit_failed(
 
 
 def _submit(job: RemovalJob) -> str:
-    model = job.content_type.model_class()
-    instance = job.get_target() if model is not None else None
+    instance = job.get_target()
     if instance is None:
         RemovalJob.objects.transition(
             job.pk,
@@ -415,7 +427,7 @@ def _submit(job: RemovalJob) -> str:
             error_message="The object was deleted before its image was sent; nothing was sent.",
         )
         return "cancelled"
-    field = _field(model, job.field_name)
+    field = removal_field(type(instance), job.field_name)
     options = RemoveBgOptions.from_dict(job.options)
     file_id = _file_id_of(field, instance)
 
@@ -551,18 +563,21 @@ def _share(job: RemovalJob, original: RemovalJob) -> str:
     return "waiting"
 
 
-def _settle_duplicate(job_id: int) -> None:
+def _settle_duplicate(job_id: int) -> bool:
+    """Give a pending duplicate its original's result or fate. Returns whether it moved."""
     job = RemovalJob.objects.select_related("duplicate_of").filter(pk=job_id).first()
     if job is None or job.status != JobStatus.PENDING or job.duplicate_of is None:
-        return
+        return False
     original = job.duplicate_of
     if original.result_url and original.status in (JobStatus.PENDING, JobStatus.SUCCEEDED):
-        if not job.result_url:
-            RemovalJob.objects.filter(pk=job.pk, status=JobStatus.PENDING).update(
-                **_copy_result_fields(original), updated_at=timezone.now()
-            )
-            _enqueue_on_commit("finalize_removal", job.pk)
-    elif original.status in (JobStatus.SUPERSEDED, JobStatus.CANCELLED):
+        if job.result_url:
+            return False
+        copied = RemovalJob.objects.filter(pk=job.pk, status=JobStatus.PENDING).update(
+            **_copy_result_fields(original), updated_at=timezone.now()
+        )
+        _enqueue_on_commit("finalize_removal", job.pk)
+        return bool(copied)
+    if original.status in (JobStatus.SUPERSEDED, JobStatus.CANCELLED):
         # The original will never take its result (a newer image replaced it), but nothing
         # is wrong with this job's image: send it on its own instead of failing it.
         if RemovalJob.objects.transition(
@@ -574,12 +589,15 @@ def _settle_duplicate(job_id: int) -> None:
             next_attempt_at=None,
         ):
             _enqueue_on_commit("submit_removal", job.pk)
-    elif original.status in FINISHED and original.status != JobStatus.SUCCEEDED:
-        _fail_duplicate(job.pk, original)
+            return True
+        return False
+    if original.status in FINISHED and original.status != JobStatus.SUCCEEDED:
+        return _fail_duplicate(job.pk, original)
+    return False
 
 
-def _fail_duplicate(job_id: int, original: RemovalJob) -> None:
-    _fail(
+def _fail_duplicate(job_id: int, original: RemovalJob) -> bool:
+    return _fail(
         job_id,
         [JobStatus.PENDING],
         error_code=original.error_code or "original_failed",
@@ -739,8 +757,8 @@ def _accept_success(
         JobStatus.PENDING,
         **changes,
     )
-    if not moved:  # pragma: no cover - the row is locked, so the status cannot have moved
-        return CallbackOutcome("ignored", f"Job #{job.pk} is {job.status}.", job)
+    if not moved:  # superseded or cancelled since the caller read it (reconcile, check)
+        return CallbackOutcome("ignored", f"Job #{job.pk} is no longer waiting for a result.", job)
     _enqueue_on_commit("finalize_removal", job.pk)
     for dup_id in RemovalJob.objects.filter(
         duplicate_of_id=job.pk, status=JobStatus.PENDING
@@ -754,7 +772,8 @@ def _accept_success(
     )
 
 
-def _failure_message(error: Any) -> str:
+def failure_reason(error: Any) -> str:
+    """A readable reason from ImageKit's error object (whatever shape it has)."""
     if isinstance(error, Mapping):
         for key in ("message", "reason", "detail", "title", "code"):
             if error.get(key):
@@ -775,7 +794,7 @@ def _accept_failure(job: RemovalJob, file_id: str, payload: Mapping[str, Any]) -
     changes: dict[str, Any] = {
         "error_code": "removal_failed",
         "error_message": (
-            f"ImageKit could not remove the background: {_failure_message(error).rstrip('.')}. "
+            f"ImageKit could not remove the background: {failure_reason(error).rstrip('.')}. "
             "Try another image or retry the removal."
         )[:5000],
         "error_details": {"error": error} if not isinstance(error, dict) else error,
@@ -791,6 +810,8 @@ def _accept_failure(job: RemovalJob, file_id: str, payload: Mapping[str, Any]) -
 
 
 def _result_name(job: RemovalJob, content_type: str) -> str:
+    """``<dir>/<stem><RESULT_SUFFIX>_<job id><ext>``: the original's stem followed by text with a
+    dot in it, so never the original's own name (whose extension has no dot)."""
     directory, base = posixpath.split(job.source_name.replace("\\", "/"))
     stem = posixpath.splitext(base)[0] or "image"
     ext = ".png"
@@ -869,13 +890,13 @@ def _version_exists(job: RemovalJob) -> bool:
 def _copy_result(job: RemovalJob) -> dict[str, Any]:
     """Download the result and store it next to the original. Raises ImageKitError for
     transient trouble; returns the job changes (result_name or a result_not_copied note)."""
-    model = job.content_type.model_class()
-    if model is None or job.get_target() is None:
+    instance = job.get_target()
+    if instance is None:
         return {
             "error_code": "result_not_copied",
             "error_message": "The object was deleted; the result was not copied.",
         }
-    field = _field(model, job.field_name)
+    field = removal_field(type(instance), job.field_name)
     max_bytes = int(app_settings.RESULT_MAX_BYTES)
     try:
         data, content_type = _client().download(job.result_url, max_bytes=max_bytes)
@@ -896,8 +917,6 @@ def _copy_result(job: RemovalJob) -> dict[str, Any]:
             ),
         }
     name = _result_name(job, content_type)
-    if name == job.source_name:  # pragma: no cover - the suffix makes this impossible
-        raise RuntimeError("refusing to overwrite the original")
     storage = field.storage
     if storage.exists(name):  # our own name, left by an interrupted earlier run
         storage.delete(name)
@@ -1014,11 +1033,7 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
     for job_id in RemovalJob.objects.filter(
         status=JobStatus.PENDING, result_url="", duplicate_of__isnull=False
     ).values_list("pk", flat=True):
-        before = RemovalJob.objects.filter(pk=job_id).values_list("status", "result_url").first()
-        _settle_duplicate(job_id)
-        if RemovalJob.objects.filter(pk=job_id).values_list("status", "result_url").first() != (
-            before
-        ):
+        if _settle_duplicate(job_id):
             summary["duplicates_settled"] += 1
 
     # Pending at ImageKit with no callback yet.

@@ -154,6 +154,23 @@ def verify(
     raise errors[0]
 
 
+def verify_callback(
+    body: bytes,
+    headers: Mapping[str, str],
+    secrets: Sequence[str],
+    *,
+    required: bool,
+    tolerance: float = 300,
+    now: float | Callable[[], float] | None = None,
+) -> VerifiedSignature | None:
+    """The receiving side's policy: ImageKit may send callbacks unsigned, so a signature is
+    checked when ``required``, or when one is present and there is a secret to check it with.
+    Returns None when nothing was checked; raises SignatureError when the check fails."""
+    if required or (secrets and has_signature(headers)):
+        return verify(body, headers, secrets, tolerance=tolerance, now=now)
+    return None
+
+
 def _check_age(timestamp: float, current: float, tolerance: float) -> None:
     if abs(current - timestamp) > tolerance:
         raise SignatureStale(

@@ -161,16 +161,20 @@ def run_on_commit(django_capture_on_commit_callbacks: Any) -> Callable[..., Any]
     return runner
 
 
-@pytest.fixture
-def dummy_tasks(settings: Any) -> None:
-    """Tasks are recorded, not run (Django's DummyBackend)."""
+def task_backend(name: str) -> str:
+    """The dotted path of a built-in task backend: ``task_backend("dummy.DummyBackend")``."""
     try:
         import django.tasks  # noqa: F401
 
-        backend = "django.tasks.backends.dummy.DummyBackend"
+        return f"django.tasks.backends.{name}"
     except ImportError:  # Django 5.2 + backport
-        backend = "django_tasks.backends.dummy.DummyBackend"
-    settings.TASKS = {"default": {"BACKEND": backend}}
+        return f"django_tasks.backends.{name}"
+
+
+@pytest.fixture
+def dummy_tasks(settings: Any) -> None:
+    """Tasks are recorded, not run (Django's DummyBackend)."""
+    settings.TASKS = {"default": {"BACKEND": task_backend("dummy.DummyBackend")}}
 
 
 # ------------------------------------------------------------------------------ result side

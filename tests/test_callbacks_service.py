@@ -28,6 +28,14 @@ def submitted_product(run_on_commit, name="photo.png", seed=0):
     return product, original
 
 
+def apply_forged_version(emulator, run_on_commit, job: RemovalJob) -> None:
+    """Apply the job's real callback with a result version ImageKit never made."""
+    payload = callback_payload(emulator, job)
+    forged = {**payload, "fileObject": {**payload["fileObject"], "versionInfo": {"id": "nope"}}}
+    with run_on_commit():
+        services.apply_callback(job.pk, forged)
+
+
 def callback_payload(emulator, job: RemovalJob) -> dict:
     """The payload the emulator produced for ``job`` (recorded even though not delivered)."""
 
@@ -74,14 +82,16 @@ def test_success_copies_the_result_next_to_the_untouched_original(
     assert job.status == JobStatus.SUCCEEDED
     assert job.result_version_id == payload["fileObject"]["versionInfo"]["id"]
     assert job.result_url == payload["fileObject"]["url"]
-    assert job.result_name == f"products/shoe{'_nobg'}_{job.pk}.png"
+    assert job.result_name == f"products/shoe_nobg_{job.pk}.png"
 
     fresh = Product.objects.select_related("photo_removal").get(pk=product.pk)
     assert fresh.photo.removal_status == "succeeded"
     assert fresh.photo.result_url == job.result_url
     with fresh.photo.result_file.open("rb") as fh:
-        result = Image.open(io.BytesIO(fh.read()))
-    assert result.mode in ("RGBA", "LA", "RGB", "P")
+        stored = fh.read()
+    assert stored != original
+    result = Image.open(io.BytesIO(stored))
+    assert result.size == Image.open(io.BytesIO(original)).size
     with default_storage.open(product.photo.name, "rb") as fh:
         assert fh.read() == original  # the original is byte-identical
     assert received == [("succeeded", job.pk, fresh)]
@@ -205,10 +215,7 @@ def test_unconfirmed_original_fails_its_waiting_duplicate_at_once(
     job1 = RemovalJob.objects.get(pk=first.photo.removal.pk)
     job2 = RemovalJob.objects.get(pk=second.photo.removal.pk)
     assert job2.duplicate_of_id == job1.pk
-    payload = callback_payload(emulator, job1)
-    forged = {**payload, "fileObject": {**payload["fileObject"], "versionInfo": {"id": "nope"}}}
-    with run_on_commit():
-        services.apply_callback(job1.pk, forged)
+    apply_forged_version(emulator, run_on_commit, job1)
     job2.refresh_from_db()
     # Not left pending until reconcile's deadline: it shares its original's fate and reason.
     assert job2.status == JobStatus.FAILED and job2.error_code == "result_unconfirmed"
@@ -233,7 +240,8 @@ def test_duplicate_waiting_on_a_superseded_original_is_sent_on_its_own(
     job1.refresh_from_db()
     assert job1.status == JobStatus.SUPERSEDED
     with run_on_commit():
-        services.reconcile()
+        summary = services.reconcile()
+    assert summary["duplicates_settled"] == 1
     # Nothing is wrong with the second product's image: it is sent on its own, not failed.
     job2.refresh_from_db()
     assert job2.status == JobStatus.PENDING, job2.error_message
@@ -255,6 +263,35 @@ def test_result_too_large_still_succeeds_without_copy(emulator, settings, run_on
     assert job.status == JobStatus.SUCCEEDED and job.error_code == "result_not_copied"
     assert "RESULT_MAX_BYTES" in job.error_message and not job.result_name
     assert Product.objects.get(pk=product.pk).photo.result_file is None
+
+
+def test_result_never_takes_the_originals_name(emulator, settings, run_on_commit):
+    product, original = submitted_product(run_on_commit)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
+    # The closest an original can come: an empty RESULT_SUFFIX and a name ending in the job id.
+    settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "RESULT_SUFFIX": ""}
+    source = default_storage.save(f"products/item_{job.pk}.png", io.BytesIO(original))
+    assert source == f"products/item_{job.pk}.png"
+    RemovalJob.objects.filter(pk=job.pk).update(source_name=source)
+    with run_on_commit():
+        services.apply_callback(job.pk, callback_payload(emulator, job))
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and job.error_code == ""
+    assert job.result_name == f"products/item_{job.pk}_{job.pk}.png"
+    with default_storage.open(source, "rb") as fh:
+        assert fh.read() == original
+
+
+def test_a_check_finding_the_job_superseded_meanwhile_changes_nothing(emulator, run_on_commit):
+    product, _ = submitted_product(run_on_commit)
+    emulator.wait_idle(20)  # ImageKit has the result
+    listed = RemovalJob.objects.get(pk=product.photo.removal.pk)  # read by reconcile as pending
+    RemovalJob.objects.filter(pk=listed.pk).update(status=JobStatus.SUPERSEDED)
+    deadline = timezone.now() - timedelta(days=1)
+    with run_on_commit():
+        assert services._ask_imagekit(listed, deadline) == "unchanged"
+    listed.refresh_from_db()
+    assert listed.status == JobStatus.SUPERSEDED and not listed.result_url
 
 
 def test_reconcile_finds_a_lost_callbacks_result(emulator, run_on_commit):
@@ -365,10 +402,7 @@ def test_confirm_with_api_checks_the_version_exists(emulator, settings, run_on_c
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "WEBHOOK_CONFIRM_WITH_API": True}
     product, _ = submitted_product(run_on_commit)
     job = RemovalJob.objects.get(pk=product.photo.removal.pk)
-    payload = callback_payload(emulator, job)
-    forged = {**payload, "fileObject": {**payload["fileObject"], "versionInfo": {"id": "nope"}}}
-    with run_on_commit():
-        services.apply_callback(job.pk, forged)
+    apply_forged_version(emulator, run_on_commit, job)
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and job.error_code == "result_unconfirmed"
 

@@ -33,8 +33,8 @@ def run(*args: str) -> str:
 
 
 def test_backfill_requests_one_job_per_image_in_batches(dummy_tasks, run_on_commit):
-    rows = products(7)
-    Product.objects.create(name="no image")
+    products(7)
+    no_image = Product.objects.create(name="no image")
     with run_on_commit():
         output = run(
             "backfill_removals",
@@ -54,9 +54,9 @@ def test_backfill_requests_one_job_per_image_in_batches(dummy_tasks, run_on_comm
     for product in Product.objects.exclude(photo=""):
         assert product.photo.removal.object_id == str(product.pk)
         assert product.photo.removal.source_name == product.photo.name
+    assert Product.objects.get(pk=no_image.pk).photo_removal_id is None
     enqueued = task_backends["default"].results
     assert sorted(r.args[0] for r in enqueued) == sorted(j.pk for j in jobs)
-    assert len(rows) == 7
 
 
 def test_backfill_only_missing_dry_run_limit_and_supersede(dummy_tasks):
@@ -121,8 +121,11 @@ def test_retry_and_reconcile_commands(dummy_tasks):
     RemovalJob.objects.filter(pk__in=[j.pk for j in failed]).update(
         status=JobStatus.FAILED, finished_at=timezone.now(), error_code="removal_failed"
     )
-    output = run("retry_removals", "--dry-run")
+    with CaptureQueriesContext(connection) as ctx:
+        output = run("retry_removals", "--dry-run")
     assert "Would retry 2 job(s)" in output
+    assert not RemovalJob.objects.filter(trigger=Trigger.RETRY).exists()
+    assert len(ctx.captured_queries) == 1  # one SELECT, however many failed jobs
     output = run("retry_removals", "--job", str(failed[0].pk))
     assert "Retried 1 job(s)" in output
     retried = RemovalJob.objects.filter(trigger=Trigger.RETRY)

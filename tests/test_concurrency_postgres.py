@@ -13,7 +13,7 @@ import pytest
 from django.db import connection
 
 from imagekit_bgremove.models import JobStatus, RemovalJob
-from tests.conftest import emulator_settings, make_image, uploads
+from tests.conftest import emulator_settings, make_image, task_backend, uploads
 from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -40,15 +40,6 @@ print(json.dumps(outcomes))
 """
 
 
-def _dummy_backend() -> str:
-    try:
-        import django.tasks  # noqa: F401
-
-        return "django.tasks.backends.dummy.DummyBackend"
-    except ImportError:
-        return "django_tasks.backends.dummy.DummyBackend"
-
-
 @pytest.fixture
 def filesystem_storage(settings, tmp_path):
     settings.STORAGES = {
@@ -64,7 +55,7 @@ def filesystem_storage(settings, tmp_path):
 def test_two_processes_submit_each_job_exactly_once(emulator, settings, filesystem_storage):
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL (set DATABASE_URL)")
-    settings.TASKS = {"default": {"BACKEND": _dummy_backend()}}
+    settings.TASKS = {"default": {"BACKEND": task_backend("dummy.DummyBackend")}}
     products = [
         Product.objects.create(name=f"race {n}", photo=make_image(f"race{n}.png", seed=n))
         for n in range(20)

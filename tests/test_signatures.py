@@ -18,6 +18,7 @@ from imagekit_bgremove.signatures import (
     sign_standard,
     signature_headers,
     verify,
+    verify_callback,
 )
 
 # The official test vector (ImageKit's Node SDK tests), exactly as in the contract.
@@ -265,3 +266,17 @@ def test_django_request_headers_work(rf):
         "/hook", data=BODY, content_type="application/json", headers={"X-IK-Signature": HEADER}
     )
     assert verify(request.body, request.headers, [SECRET], now=NOW).scheme == "legacy"
+
+
+def test_callback_policy_checks_what_it_can_and_what_is_required():
+    signed = {"x-ik-signature": HEADER}
+    # Unsigned callbacks are normal for ImageKit: accepted unchecked unless signatures are required.
+    assert verify_callback(BODY, {}, [SECRET], required=False, now=NOW) is None
+    with pytest.raises(SignatureMissing):
+        verify_callback(BODY, {}, [SECRET], required=True, now=NOW)
+    # Signed, but no secret to check it with: nothing checked (the token still authenticates).
+    assert verify_callback(BODY, signed, [], required=False, now=NOW) is None
+    # Signed and a secret held: checked, whether required or not.
+    assert verify_callback(BODY, signed, [SECRET], required=False, now=NOW).scheme == "legacy"
+    with pytest.raises(SignatureMismatch):
+        verify_callback(BODY + b" ", signed, [SECRET], required=False, now=NOW)

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from imagekit_bgremove import services
 from imagekit_bgremove.fields import BackgroundRemovalImageField
-from imagekit_bgremove.models import JobStatus, RemovalJob, Trigger
+from imagekit_bgremove.models import UNFINISHED, JobStatus, RemovalJob, Trigger
 from imagekit_bgremove.options import OptionsError, RemoveBgOptions
 
 
@@ -50,13 +50,9 @@ class Command(BaseCommand):
             raise CommandError(f"Unknown model {opts['model']!r}: {exc}") from exc
         field_name = opts["field"]
         try:
-            field = model._meta.get_field(field_name)
-        except Exception as exc:
-            raise CommandError(f"{model._meta.label} has no field {field_name!r}.") from exc
-        if not isinstance(field, BackgroundRemovalImageField):
-            raise CommandError(
-                f"{model._meta.label}.{field_name} is not a BackgroundRemovalImageField."
-            )
+            field = services.removal_field(model, field_name)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         try:
             options = RemoveBgOptions.coerce(
                 opts["options"] or None, base=services.field_options(field)
@@ -182,7 +178,7 @@ def _request_batch(model, content_type, name, pointer, batch, stored_options, fo
             content_type=content_type,
             field_name=name,
             object_id__in=object_ids,
-            status__in=[JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.PENDING],
+            status__in=UNFINISHED,
             pk__lt=first_new,
         ).update(
             status=JobStatus.SUPERSEDED,

@@ -3,6 +3,7 @@
 from datetime import datetime, time
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -53,6 +54,13 @@ class Command(BaseCommand):
                 self.stderr.write(f"Job #{job_id} does not exist or has not failed; skipped.")
         if failed_since is not None:
             qs = qs.filter(finished_at__gte=failed_since)
+        newer = RemovalJob.objects.filter(
+            content_type_id=OuterRef("content_type_id"),
+            object_id=OuterRef("object_id"),
+            field_name=OuterRef("field_name"),
+            pk__gt=OuterRef("pk"),
+        )
+        qs = qs.annotate(has_newer=Exists(newer))
         retried = skipped = errors = 0
         seen: set[tuple[int, str, str]] = set()
         for job in qs.order_by("-pk").iterator(chunk_size=200):
@@ -60,13 +68,7 @@ class Command(BaseCommand):
             if key in seen:
                 continue
             seen.add(key)
-            newer = RemovalJob.objects.filter(
-                content_type_id=job.content_type_id,
-                object_id=job.object_id,
-                field_name=job.field_name,
-                pk__gt=job.pk,
-            ).exists()
-            if newer:
+            if job.has_newer:
                 skipped += 1
                 continue
             if limit is not None and retried >= limit:
