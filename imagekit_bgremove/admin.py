@@ -25,7 +25,9 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.core.exceptions import PermissionDenied
+from django.contrib.admin.views.main import ChangeList
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.db import models
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
@@ -35,6 +37,8 @@ from django.utils.safestring import mark_safe
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from . import services
+from .compat import TaskResultStatus
 from .models import DeliveryVerdict, JobStatus, RemovalJob, Trigger, WebhookDelivery
 from .options import NON_FIELD, OptionsError, RemoveBgOptions
 
@@ -86,23 +90,15 @@ def admin_link(obj: models.Model | None, text: str | None = None) -> str:
     return format_html('<a href="{}">{}</a>', url, text or obj)
 
 
-def removal_field_names(model: type[models.Model]) -> list[str]:
-    from .fields import BackgroundRemovalImageField
-
-    return [f.name for f in model._meta.get_fields() if isinstance(f, BackgroundRemovalImageField)]
-
-
 class RemovalState:
-    """What the admin shows about one image field of one object, read from its FieldFile."""
+    """What the admin shows about one image field of one object: its latest job, read from the
+    ``<field>_removal`` pointer (``select_related`` by the mixin's queryset, so no query here)."""
 
     def __init__(self, obj: models.Model, field_name: str):
         self.field_name = field_name
         self.file = getattr(obj, field_name, None)
-        self.job: RemovalJob | None = getattr(self.file, "removal", None) if self.file else None
-        if self.job is None and obj.pk is not None:
-            self.job = RemovalJob.objects.for_object(obj, field_name).first()
-        status = getattr(self.file, "removal_status", None) if self.file else None
-        self.status: str | None = status or (self.job.status if self.job else None)
+        self.job: RemovalJob | None = getattr(obj, f"{field_name}_removal", None)
+        self.status: str | None = self.job.status if self.job is not None else None
 
     @property
     def original_url(self) -> str | None:
@@ -113,7 +109,8 @@ class RemovalState:
 
     @property
     def result_url(self) -> str | None:
-        if not self.file:
+        """The stored copy of the cut-out when there is one, else ImageKit's URL."""
+        if not self.file or self.job is None:
             return None
         result_file = getattr(self.file, "result_file", None)
         if result_file:
@@ -121,7 +118,7 @@ class RemovalState:
                 return result_file.url
             except ValueError:
                 pass
-        return getattr(self.file, "result_url", None) or (self.job.result_url if self.job else None)
+        return self.job.result_url or None
 
     @property
     def error(self) -> str:
@@ -217,14 +214,14 @@ class BackgroundRemovalAdminMixin:
     def get_removal_fields(self) -> list[str]:
         if self.removal_fields is not None:
             return list(self.removal_fields)
-        return removal_field_names(self.model)
+        return services.removal_field_names(self.model)
 
     def get_queryset(self, request):
         qs = super().get_queryset(request)  # type: ignore[misc]
         pointers = []
         for name in self.get_removal_fields():
             pointer = f"{name}_removal"
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(FieldDoesNotExist):
                 if self.model._meta.get_field(pointer).is_relation:  # type: ignore[attr-defined]
                     pointers.append(pointer)
         # One query for the list, not one per row for each object's latest job.
@@ -235,7 +232,8 @@ class BackgroundRemovalAdminMixin:
     def removal_status_column(self, obj: models.Model) -> str:
         cells = []
         size = self.removal_thumbnail_size
-        for name in self.get_removal_fields():
+        field_names = self.get_removal_fields()
+        for name in field_names:
             state = RemovalState(obj, name)
             thumb = ""
             if state.status == JobStatus.SUCCEEDED and state.result_url:
@@ -247,7 +245,7 @@ class BackgroundRemovalAdminMixin:
                     size,
                     size,
                 )
-            label = f"{name}: " if len(self.get_removal_fields()) > 1 else ""
+            label = f"{name}: " if len(field_names) > 1 else ""
             cells.append(
                 format_html(
                     '<div class="ikbg-cell">{}{}{}</div>', thumb, label, status_badge(state.status)
@@ -310,8 +308,6 @@ class BackgroundRemovalAdminMixin:
 
     @admin.action(description=_("Remove background…"), permissions=["change"])
     def remove_background_action(self, request, queryset):
-        from . import services
-
         if not self.has_change_permission(request):  # type: ignore[attr-defined]
             raise PermissionDenied
         field_names = self.get_removal_fields()
@@ -373,8 +369,6 @@ class BackgroundRemovalAdminMixin:
 
     def removal_default_options(self, field_name: str) -> RemoveBgOptions:
         """The options the form starts from: the field's own over the site-wide defaults."""
-        from . import services
-
         try:
             return services.field_options(self.model._meta.get_field(field_name))  # type: ignore[attr-defined]
         except OptionsError:
@@ -383,6 +377,39 @@ class BackgroundRemovalAdminMixin:
 
 # ---------------------------------------------------------------------------------------------
 # The app's own models
+
+
+def attach_targets(jobs: Sequence[RemovalJob]) -> None:
+    """Load the objects of ``jobs`` with one query per model (not one per job) and cache each on
+    its job for :func:`job_target` (``None`` for a deleted object)."""
+    by_type: dict[int, list[RemovalJob]] = {}
+    for job in jobs:
+        by_type.setdefault(job.content_type_id, []).append(job)
+    for content_type_id, group in by_type.items():
+        model = ContentType.objects.get_for_id(content_type_id).model_class()
+        if model is None:
+            continue
+        try:
+            objects = model._default_manager.in_bulk({job.object_id for job in group})
+        except (ValueError, TypeError, ValidationError):  # an id the primary key cannot take
+            continue  # left uncached: job_target asks per job, as get_target does
+        by_id = {str(pk): obj for pk, obj in objects.items()}
+        for job in group:
+            job._ikbg_target = by_id.get(job.object_id)
+
+
+def job_target(job: RemovalJob) -> models.Model | None:
+    """``job.get_target()``, from the cache :func:`attach_targets` filled when it did."""
+    if not hasattr(job, "_ikbg_target"):
+        job._ikbg_target = job.get_target()
+    return job._ikbg_target
+
+
+class RemovalJobChangeList(ChangeList):
+    def get_results(self, request) -> None:
+        super().get_results(request)
+        # The "object" column: one query per model on the page, not one per row.
+        attach_targets(list(self.result_list))
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -414,13 +441,16 @@ class RemovalJobAdmin(ReadOnlyAdmin):
     readonly_fields = ["object_link"]
     actions = ["retry_failed", "reconcile_now"]
 
+    def get_changelist(self, request, **kwargs: Any) -> type[ChangeList]:
+        return RemovalJobChangeList
+
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, job: RemovalJob) -> str:
         return status_badge(job.status)
 
     @admin.display(description=_("object"))
     def object_link(self, job: RemovalJob) -> str:
-        target = job.get_target()
+        target = job_target(job)
         if target is None:
             return f"{job.content_type} {job.object_id} (deleted)"
         return admin_link(target)
@@ -432,8 +462,6 @@ class RemovalJobAdmin(ReadOnlyAdmin):
 
     @admin.action(description=_("Retry failed jobs"), permissions=["change"])
     def retry_failed(self, request, queryset):
-        from . import services
-
         retried = 0
         for job in queryset.filter(status=JobStatus.FAILED):
             try:
@@ -451,17 +479,26 @@ class RemovalJobAdmin(ReadOnlyAdmin):
 
     @admin.action(description=_("Reconcile now"), permissions=["change"])
     def reconcile_now(self, request, queryset):
-        """Settle what lost callbacks and queues left behind (all jobs, not only the selected):
-        asks ImageKit about jobs pending for longer than RECONCILE_AFTER_SECONDS."""
-        from . import services
-
-        try:
-            summary = services.reconcile()
-        except Exception as exc:
-            self.message_user(request, _("Reconciliation failed: %s") % exc, messages.ERROR)
+        """Queue the reconcile task, which settles what lost callbacks and queues left behind (all
+        jobs, not only the selected) by asking ImageKit about jobs pending for longer than
+        RECONCILE_AFTER_SECONDS. Queued, not run here: it talks to ImageKit, once per job."""
+        result = services.enqueue_reconcile()
+        if result is None:
+            self.message_user(
+                request, _("Reconciliation could not be queued; see the log."), messages.ERROR
+            )
             return
+        if result.status == TaskResultStatus.FAILED:  # run at once (ImmediateBackend) and raised
+            self.message_user(request, _("Reconciliation failed; see the log."), messages.ERROR)
+            return
+        if result.status != TaskResultStatus.SUCCESSFUL:
+            self.message_user(request, _("Reconciliation queued."), messages.SUCCESS)
+            return
+        # A backend that runs tasks at once (ImmediateBackend) has the summary already.
         done = ", ".join(
-            f"{key.replace('_', ' ')}: {value}" for key, value in summary.items() if value
+            f"{key.replace('_', ' ')}: {value}"
+            for key, value in result.return_value.items()
+            if value
         ) or _("nothing to do")
         self.message_user(request, _("Reconciled pending jobs (%s).") % done, messages.SUCCESS)
 

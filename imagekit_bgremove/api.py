@@ -7,7 +7,8 @@
 ``GET    api/removals/``                    jobs, newest first, paginated; filters ``model``,
                                             ``object_id``, ``field``, ``status``
 ``GET    api/removals/<id>/``               one job: status, result URLs, error
-``POST   api/removals/<id>/retry/``         try a finished job again -> 202 with the new job
+``POST   api/removals/<id>/retry/``         try a failed job again -> 202 with the new job
+                                            (409 for a job that has not failed)
 ==========================================  ======================================================
 
 Who may do what: an authenticated user with Django's ``change`` permission on the target model
@@ -37,6 +38,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 
+from . import services
 from .models import JobStatus, RemovalJob, Trigger
 from .options import NON_FIELD, OptionsError, RemoveBgOptions
 
@@ -57,13 +59,6 @@ def resolve_model(label: str) -> type[models.Model]:
         return apps.get_model(app_label, model_name)
     except LookupError as exc:
         raise ValueError(f"There is no model {label!r}.") from exc
-
-
-def removal_field_names(model: type[models.Model]) -> list[str]:
-    """The image fields of ``model`` whose backgrounds this app can remove."""
-    from .fields import BackgroundRemovalImageField
-
-    return [f.name for f in model._meta.get_fields() if isinstance(f, BackgroundRemovalImageField)]
 
 
 def result_file_url(job: RemovalJob, request=None) -> str | None:
@@ -124,7 +119,7 @@ class RemovalRequestSerializer(serializers.Serializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         model = attrs["model"]
-        allowed = removal_field_names(model)
+        allowed = services.removal_field_names(model)
         if attrs["field"] not in allowed:
             raise ValidationError(
                 {
@@ -312,8 +307,6 @@ class RemovalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     # -- actions ---------------------------------------------------------------------------------
     def create(self, request, *args: Any, **kwargs: Any) -> Response:
-        from . import services
-
         # Permission before validation, so that nobody learns which objects exist.
         label = request.data.get("model") if hasattr(request.data, "get") else None
         if isinstance(label, str):
@@ -345,11 +338,9 @@ class RemovalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     @action(detail=True, methods=["post"])
     def retry(self, request, pk: str | None = None) -> Response:
-        from . import services
-
         job = self.get_object()
         try:
             new_job = services.retry(job, user=request.user)
         except ValueError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        return Response(self.get_serializer(new_job or job).data, status=status.HTTP_202_ACCEPTED)
+        return Response(self.get_serializer(new_job).data, status=status.HTTP_202_ACCEPTED)

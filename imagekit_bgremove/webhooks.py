@@ -161,23 +161,23 @@ class ImageKitWebhookView(APIView):
         except tokens.InvalidToken as exc:
             return self._answer_now(delivery, 403, DeliveryVerdict.UNAUTHENTIC, str(exc))
         secrets = app_settings.webhook_secrets
-        required = bool(app_settings.WEBHOOK_REQUIRE_SIGNATURE)
-        if required or (secrets and signatures.has_signature(django_request.headers)):
-            try:
-                verified = signatures.verify(
-                    body,
-                    django_request.headers,
-                    secrets,
-                    tolerance=float(app_settings.WEBHOOK_TOLERANCE_SECONDS),
-                )
-            except signatures.SignatureError as exc:
-                return self._answer_now(
-                    delivery,
-                    401,
-                    DeliveryVerdict.UNAUTHENTIC,
-                    f"signature {exc.reason}: {exc.message}",
-                    reason=exc.reason,
-                )
+        try:
+            verified = signatures.verify_callback(
+                body,
+                django_request.headers,
+                secrets,
+                required=bool(app_settings.WEBHOOK_REQUIRE_SIGNATURE),
+                tolerance=float(app_settings.WEBHOOK_TOLERANCE_SECONDS),
+            )
+        except signatures.SignatureError as exc:
+            return self._answer_now(
+                delivery,
+                401,
+                DeliveryVerdict.UNAUTHENTIC,
+                f"signature {exc.reason}: {exc.message}",
+                reason=exc.reason,
+            )
+        if verified is not None:
             delivery.signature_scheme = verified.scheme
         elif signatures.has_signature(django_request.headers):
             delivery.signature_scheme = "unchecked"  # signed, but no secret configured to check
@@ -233,8 +233,7 @@ class ImageKitWebhookView(APIView):
             update = {"error": f"{type(exc).__name__}: {exc}"[:5000]}
         else:
             status, verdict, message = 200, str(outcome.verdict), outcome.message
-            job = getattr(outcome, "job", None)
-            update = {"outcome": message, "job_id": getattr(job, "pk", None)}
+            update = {"outcome": message, "job_id": outcome.job.pk if outcome.job else None}
         try:
             WebhookDelivery.objects.filter(pk=delivery.pk).update(
                 verdict=verdict, status_code=status, **update

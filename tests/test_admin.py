@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from django.contrib import admin
@@ -66,6 +67,19 @@ def staff(client):
     return user
 
 
+def job_for(product: Product, *, point: bool = False, **changes) -> RemovalJob:
+    """A job of ``product.photo``; with ``point`` also its ``photo_removal`` (the latest job)."""
+    job = RemovalJob.objects.create(
+        content_type=ContentType.objects.get_for_model(Product),
+        object_id=str(product.pk),
+        field_name="photo",
+        **changes,
+    )
+    if point:
+        Product.objects.filter(pk=product.pk).update(photo_removal=job)
+    return job
+
+
 def action_post(client, products, **data):
     body = {
         "action": "remove_background_action",
@@ -77,33 +91,20 @@ def action_post(client, products, **data):
 
 def test_changelist_shows_status_and_thumbnail(client, staff):
     mug, cup = make_product("mug"), make_product("cup")
-    RemovalJob.objects.create(
-        content_type=ContentType.objects.get_for_model(Product),
-        object_id=str(mug.pk),
-        field_name="photo",
-        status=JobStatus.SUCCEEDED,
-        result_url="https://ik.example/mug.png",
-    )
-    Product.objects.filter(pk=mug.pk).update(photo_removal=RemovalJob.objects.get())
+    job_for(mug, point=True, status=JobStatus.SUCCEEDED, result_url="https://ik.example/mug.png")
     response = client.get(CHANGELIST)
     assert response.status_code == 200
     html = response.content.decode()
     assert "Background removal" in html
-    assert "Succeeded" in html and 'src="https://ik.example/mug.png"' in html
-    assert "no removal" in html  # the cup
+    rows = {p.pk: row for p in (mug, cup) for row in html.split("<tr") if f"/{p.pk}/change/" in row}
+    assert "Succeeded" in rows[mug.pk] and 'src="https://ik.example/mug.png"' in rows[mug.pk]
+    assert "no removal" in rows[cup.pk] and "<img" not in rows[cup.pk]
     assert "Remove background…" in html
-    del cup
 
 
 def test_change_form_preview(client, staff):
     product = make_product("mug")
-    job = RemovalJob.objects.create(
-        content_type=ContentType.objects.get_for_model(Product),
-        object_id=str(product.pk),
-        field_name="photo",
-        status=JobStatus.PENDING,
-    )
-    Product.objects.filter(pk=product.pk).update(photo_removal=job)
+    job = job_for(product, point=True, status=JobStatus.PENDING)
     html = client.get(f"{CHANGELIST}{product.pk}/change/").content.decode()
     assert "Pending at ImageKit" in html
     assert "working…" in html
@@ -177,17 +178,15 @@ def test_action_queues_one_job_per_object(client, staff):
 
 def test_job_admin_lists_and_retries(client, staff):
     product = make_product("mug")
-    job = RemovalJob.objects.create(
-        content_type=ContentType.objects.get_for_model(Product),
-        object_id=str(product.pk),
-        field_name="photo",
-        status=JobStatus.FAILED,
-        error_message="nope",
-        file_id="fid_1",
-    )
+    job = job_for(product, status=JobStatus.FAILED, error_message="nope", file_id="fid_1")
+    gone = job_for(make_product("gone"), status=JobStatus.FAILED)
+    Product.objects.filter(name="gone").delete()
     response = client.get("/admin/imagekit_bgremove/removaljob/")
     assert response.status_code == 200
-    assert "Failed" in response.content.decode()
+    html = response.content.decode()
+    assert "Failed" in html
+    assert f'<a href="/admin/testapp/product/{product.pk}/change/">mug</a>' in html
+    assert f"product {gone.object_id} (deleted)" in html
     assert (
         client.get("/admin/imagekit_bgremove/removaljob/?q=fid_1").context["cl"].result_count == 1
     )
@@ -197,27 +196,43 @@ def test_job_admin_lists_and_retries(client, staff):
         {"action": "retry_failed", ACTION_CHECKBOX_NAME: [str(job.pk)]},
     )
     assert response.status_code == 302
-    retried = RemovalJob.objects.exclude(pk=job.pk).get()
+    retried = RemovalJob.objects.exclude(pk__in=[job.pk, gone.pk]).get()
     assert (retried.trigger, retried.status) == (Trigger.RETRY, JobStatus.QUEUED)
+    assert retried.requested_by == staff
+
+
+def reconcile_now(client, job):
+    return client.post(
+        "/admin/imagekit_bgremove/removaljob/",
+        {"action": "reconcile_now", ACTION_CHECKBOX_NAME: [str(job.pk)]},
+        follow=True,
+    )
 
 
 def test_job_admin_reconcile_now(client, staff, monkeypatch):
     from imagekit_bgremove import services
 
+    # ImmediateBackend: the queued task has run by the time the message is written.
     monkeypatch.setattr(services, "reconcile", lambda: {"checked": 2, "succeeded": 1})
-    product = make_product("mug")
-    job = RemovalJob.objects.create(
-        content_type=ContentType.objects.get_for_model(Product),
-        object_id=str(product.pk),
-        field_name="photo",
-        status=JobStatus.PENDING,
-    )
-    response = client.post(
-        "/admin/imagekit_bgremove/removaljob/",
-        {"action": "reconcile_now", ACTION_CHECKBOX_NAME: [str(job.pk)]},
-        follow=True,
-    )
-    assert "checked: 2, succeeded: 1" in response.content.decode()
+    job = job_for(make_product("mug"), status=JobStatus.PENDING)
+    assert "checked: 2, succeeded: 1" in reconcile_now(client, job).content.decode()
+
+
+def test_job_admin_reconcile_now_is_queued_not_run_in_the_request(
+    client, staff, monkeypatch, dummy_tasks
+):
+    from imagekit_bgremove import services, tasks
+
+    def in_request():
+        raise AssertionError("reconcile (which calls ImageKit) ran inside the admin request")
+
+    monkeypatch.setattr(services, "reconcile", in_request)
+    backend = tasks.reconcile_removals.get_backend()
+    backend.clear()
+    job = job_for(make_product("mug"), status=JobStatus.PENDING)
+    response = reconcile_now(client, job)
+    assert "Reconciliation queued." in response.content.decode()
+    assert [r.task.name for r in backend.results] == ["reconcile_removals"]
 
 
 def test_delivery_admin_is_read_only(client, staff):
@@ -237,27 +252,44 @@ def test_delivery_admin_is_read_only(client, staff):
 
 
 def test_changelist_queries_do_not_grow_with_rows(client, staff, django_assert_max_num_queries):
-    ct = ContentType.objects.get_for_model(Product)
-
     def add(name):
         product = make_product(name)
-        job = RemovalJob.objects.create(
-            content_type=ct,
-            object_id=str(product.pk),
-            field_name="photo",
+        job_for(
+            product,
+            point=True,
             status=JobStatus.SUCCEEDED,
             result_url=f"https://ik.example/{name}.png",
         )
-        Product.objects.filter(pk=product.pk).update(photo_removal=job)
+        make_product(f"{name}-never-removed")  # no job at all
+        Product.objects.create(name=f"{name}-no-image")
 
     add("first")
+    queries = count_queries(client, CHANGELIST)
+    for i in range(6):
+        add(f"more{i}")
+    with django_assert_max_num_queries(queries):
+        response = client.get(CHANGELIST)
+    html = response.content.decode()
+    assert html.count("https://ik.example/") == 7
+    assert html.count("no removal") == 14
+
+
+def count_queries(client, url: str) -> int:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    with CaptureQueriesContext(connection) as one:
-        client.get(CHANGELIST)
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(url).status_code == 200
+    return len(queries)
+
+
+def test_job_list_queries_do_not_grow_with_rows(client, staff, django_assert_max_num_queries):
+    url = "/admin/imagekit_bgremove/removaljob/"
+    job_for(make_product("first"), status=JobStatus.FAILED)
+    queries = count_queries(client, url)
     for i in range(6):
-        add(f"more{i}")
-    with django_assert_max_num_queries(len(one)):
-        response = client.get(CHANGELIST)
-    assert response.content.decode().count("https://ik.example/") == 7
+        job_for(make_product(f"more{i}"), status=JobStatus.FAILED)
+    with django_assert_max_num_queries(queries):
+        response = client.get(url)
+    html = response.content.decode()
+    assert len(re.findall(r'href="/admin/testapp/product/\d+/change/"', html)) == 7

@@ -141,6 +141,8 @@ def test_object_without_image_is_400(api):
     product = Product.objects.create(name="empty")
     response = api.post(LIST_URL, create_body(product), format="json")
     assert response.status_code == 400
+    assert "has no image" in response.json()["field"][0]
+    assert not RemovalJob.objects.exists()
 
 
 def test_anonymous_is_refused():
@@ -216,6 +218,22 @@ def test_list_filters_and_paginates(api):
     assert body["count"] == 3 and len(body["results"]) == 1 and body["next"]
     assert api.get(LIST_URL, {"status": "bogus"}).status_code == 400
     assert api.get(LIST_URL, {"model": "nope.nope"}).status_code == 400
+
+
+def test_list_queries_do_not_grow_with_rows(api, editor, django_assert_max_num_queries):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    job_for(make_product("first"), requested_by=editor, result_name="products/first_nobg.png")
+    with CaptureQueriesContext(connection) as one:
+        assert api.get(LIST_URL).status_code == 200
+    for i in range(6):
+        job_for(make_product(f"more{i}"), requested_by=editor, result_name=f"products/{i}.png")
+    with django_assert_max_num_queries(len(one)):
+        body = api.get(LIST_URL).json()
+    assert body["count"] == 7
+    assert {r["requested_by"] for r in body["results"]} == {"editor"}
+    assert all(r["result_file_url"].endswith(".png") for r in body["results"])
 
 
 def test_list_hides_models_the_user_cannot_change(api):

@@ -29,10 +29,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from imagekit_bgremove import signatures
+from imagekit_bgremove import services, signatures
 from imagekit_bgremove.conf import app_settings
 from imagekit_bgremove.exceptions import ImageKitError
-from imagekit_bgremove.options import OptionsError, RemoveBgOptions
+from imagekit_bgremove.options import EXTENSION_NAME, OptionsError, RemoveBgOptions
 
 MAX_CALLBACK_BYTES = 1024 * 1024
 POLL_INTERVAL = 3.0
@@ -115,12 +115,13 @@ class CallbackListener:
                     return self._answer(413, "too large")
                 body = self.rfile.read(length)
                 headers = dict(self.headers.items())
-                if require_signature or (secrets_ and signatures.has_signature(headers)):
-                    try:
-                        signatures.verify(body, headers, secrets_, tolerance=tolerance)
-                    except signatures.SignatureError as exc:
-                        listener.problems.put(f"refused a callback: signature {exc.reason}")
-                        return self._answer(401, exc.reason)
+                try:
+                    signatures.verify_callback(
+                        body, headers, secrets_, required=require_signature, tolerance=tolerance
+                    )
+                except signatures.SignatureError as exc:
+                    listener.problems.put(f"refused a callback: signature {exc.reason}")
+                    return self._answer(401, exc.reason)
                 try:
                     payload = json.loads(body)
                 except ValueError:
@@ -256,7 +257,7 @@ class Command(BaseCommand):
             except ImageKitError as exc:
                 raise CommandError(f"Upload failed: {exc}") from exc
             file_id = str(uploaded.get("fileId") or "")
-            state = str((uploaded.get("extensionStatus") or {}).get("remove-bg") or "")
+            state = str((uploaded.get("extensionStatus") or {}).get(EXTENSION_NAME) or "")
             if state == "failed":
                 raise CommandError(
                     f"ImageKit refused to run remove-bg on {source.name} (fileId {file_id}); "
@@ -358,20 +359,14 @@ class Command(BaseCommand):
                     return details
 
     def _from_callback(self, payload: dict[str, Any], file_id: str) -> dict[str, Any] | None:
-        if payload.get("service") != "remove-bg":
+        if payload.get("service") != EXTENSION_NAME:
             self.stderr.write(f"ignoring a callback for {payload.get('service')!r}")
             return None
         status = str(payload.get("status") or "").upper()
         if status == "FAILURE":
-            error = payload.get("error")
-            reason = error
-            if isinstance(error, dict):
-                reason = next(
-                    (error[k] for k in ("message", "reason", "detail", "code") if error.get(k)),
-                    json.dumps(error),
-                )
             raise CommandError(
-                f"ImageKit could not remove the background: {reason or 'no reason given'}"
+                "ImageKit could not remove the background: "
+                + services.failure_reason(payload.get("error"))
             )
         file_object = payload.get("fileObject")
         if status != "SUCCESS" or not isinstance(file_object, dict) or not file_object.get("url"):
