@@ -62,24 +62,18 @@ def main() -> int:
     # 2. the full run: memory, and the queries of each batch
     reset()
     per_batch: list[int] = []
-    state = {"ctx": CaptureQueriesContext(connection)}
 
     def progress(done: int, batches: int) -> None:
-        ctx = state["ctx"]
-        ctx.__exit__(None, None, None)
-        per_batch.append(len(ctx.captured_queries))
-        connection.queries_log.clear()  # keep the log (max 9000 entries) per batch
-        state["ctx"] = CaptureQueriesContext(connection)
-        state["ctx"].__enter__()
+        per_batch.append(len(connection.queries_log))
+        connection.queries_log.clear()  # the log (max 9000 entries) holds one batch at a time
 
     tracemalloc.start()
-    state["ctx"].__enter__()
-    started = time.perf_counter()
-    summary = backfill(
-        Product, field, options=options, batch_size=args.batch_size, progress=progress
-    )
-    elapsed = time.perf_counter() - started
-    state["ctx"].__exit__(None, None, None)
+    with CaptureQueriesContext(connection):  # records every query into queries_log
+        started = time.perf_counter()
+        summary = backfill(
+            Product, field, options=options, batch_size=args.batch_size, progress=progress
+        )
+        elapsed = time.perf_counter() - started
     full_peak = tracemalloc.get_traced_memory()[1] / 1024 / 1024
     tracemalloc.stop()
 

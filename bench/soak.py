@@ -400,7 +400,7 @@ class ImageSource:
     def next(self) -> tuple[bytes, str]:
         while True:
             data, ext = synthetic_image(self._rng)
-            digest = hashlib.sha256(data).hexdigest()
+            digest = sha256(data)
             if digest not in self._seen:
                 self._seen.add(digest)
                 return data, ext

@@ -34,7 +34,6 @@ MB = 1024 * 1024
 
 class DiscardingHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    received: list[int] = []
 
     def do_POST(self) -> None:
         remaining = int(self.headers.get("Content-Length", "0"))
@@ -45,7 +44,6 @@ class DiscardingHandler(BaseHTTPRequestHandler):
                 break
             total += len(chunk)
             remaining -= len(chunk)
-        self.received.append(total)
         body = json.dumps({"fileId": "bench", "size": total}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

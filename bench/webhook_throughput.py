@@ -1,11 +1,13 @@
 """Webhook endpoint throughput against a minimal one-UPDATE Django view, on the same stack.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/ikbg_bench python bench/webhook_throughput.py
+    BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/ikbg_bench \
+        python bench/webhook_throughput.py
 
 What it does:
 
-1. (re)creates the PostgreSQL database named in DATABASE_URL (default ``ikbg_bench``) and
-   migrates the example project into it;
+1. drops and re-creates the PostgreSQL database named in BENCH_DATABASE_URL (default
+   ``ikbg_bench``; DATABASE_URL is ignored on purpose, so that the project's own database is
+   never dropped) and migrates the example project into it;
 2. creates one product and one *succeeded* removal job;
 3. starts gunicorn (2 sync workers, loopback only) serving the example project plus one extra
    view, ``POST /bench/baseline/``, that runs a single ``UPDATE`` of that job and answers 200;

@@ -246,13 +246,12 @@ def test_logit_outputs_get_a_sigmoid(models, scene):
     data = _png(image)
     with_sigmoid = SegmentationModel(models["red"], input_size=SIZE)
     logits = SegmentationModel(models["logits"], input_size=SIZE)
-    a = np.asarray(Image.open(io.BytesIO(remove_background(data, segmentation_model=logits).data)))
-    b = np.asarray(
-        Image.open(io.BytesIO(remove_background(data, segmentation_model=with_sigmoid).data))
-    )
-    assert np.abs(a[..., 3].astype(int) - b[..., 3].astype(int)).max() <= 1
-    result = remove_background(data, segmentation_model=logits)
-    assert result.method == "onnx"
+    from_logits = remove_background(data, segmentation_model=logits)
+    from_probabilities = remove_background(data, segmentation_model=with_sigmoid)
+    assert from_logits.method == from_probabilities.method == "onnx"
+    a = alpha_of(Image.open(io.BytesIO(from_logits.data)))
+    b = alpha_of(Image.open(io.BytesIO(from_probabilities.data)))
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
 def test_probabilities_are_used_as_they_are_after_mean_std_normalisation(tmp_path):
@@ -361,8 +360,9 @@ def test_cli_flags_become_config(models):
     assert defaults.segmentation_model is None and defaults.segmentation_input_size == 320
     assert defaults.segmentation_mean == (0.485, 0.456, 0.406)
     assert defaults.segmentation_std == (0.229, 0.224, 0.225)
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--segmentation-mean", "0.5,0.5"])
+    for bad in ("0.5,0.5", "a,b,c", "nan,0.5,0.5"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--segmentation-mean", bad])
     with pytest.raises(SystemExit):
         config_from_args(build_parser().parse_args(["--segmentation-std", "0,1,1"]))
     with pytest.raises(SystemExit):

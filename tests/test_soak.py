@@ -247,6 +247,14 @@ def _task_crashed(snapshot, state, plan):
     )
 
 
+def _product_points_at_an_old_job(snapshot, state, plan):
+    snapshot["products"][0]["photo_removal_id"] = 0
+
+
+def _identical_image_sent_again(snapshot, state, plan):
+    plan["identical"] = [{"product": 10, "original_product": 9, "original_job": 0}]
+
+
 @pytest.mark.parametrize(
     ("break_it", "expected"),
     [
@@ -266,6 +274,8 @@ def _task_crashed(snapshot, state, plan):
         ),
         (_identical_image_removed_twice, "should share one result"),
         (_task_crashed, "raised builtins.KeyError"),
+        (_product_points_at_an_old_job, "not at its newest job #1"),
+        (_identical_image_sent_again, "sent to ImageKit again instead of sharing"),
     ],
 )
 def test_the_checker_reports_what_went_wrong(break_it, expected):

@@ -25,6 +25,7 @@ from .config import (
     IMAGENET_STD,
     EmulatorConfig,
     SegmentationModelError,
+    _triple,
 )
 from .faults import Faults, FaultsError
 from .server import Emulator
@@ -66,14 +67,12 @@ _FAULT_FLAGS: list[tuple[str, str, Any, str]] = [
 
 
 def _rgb_triple(text: str) -> tuple[float, float, float]:
-    parts = text.split(",")
     try:
-        values = tuple(float(p) for p in parts)
+        return _triple("R,G,B", text.split(","))  # the config's own check
     except ValueError:
-        values = ()
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B, not {text!r}")
-    return values  # type: ignore[return-value]
+        raise argparse.ArgumentTypeError(
+            f"expected three finite numbers R,G,B, not {text!r}"
+        ) from None
 
 
 def _triple_text(values: tuple[float, ...]) -> str:
