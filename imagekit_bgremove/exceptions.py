@@ -13,8 +13,16 @@ response arrived), ImageKit's ``message`` and ``help``, the ``request_id`` from 
     +-- NotFoundError             404
     +-- ConflictError             409 (retryable)
     +-- RateLimitedError          429 (retryable; ``reset_after`` seconds)
+    |   +-- TooManyUpdatesError   400 "...too many requests to update the file recently..."
+    |                             (also a BadRequestError; retryable like a 429)
     +-- ServerError               5xx (retryable)
     +-- ResponseTooLargeError     a download over its size limit
+
+``retryable`` says whether the trouble is transient. ``maybe_applied`` is about requests that start
+paid work (an upload or a details update with ``extensions``): it is True when the request may have
+reached ImageKit and taken effect although no clear answer came back (timeout after sending, a
+dropped connection, a 5xx, a body that is not JSON). The client never re-sends such a request; the
+caller should first ask ImageKit (file details, versions, a search by name) what happened.
 
 No credentials are ever stored on an exception, so none can leak through ``str``, ``repr``,
 logging or pickling.
@@ -38,6 +46,8 @@ class ImageKitError(Exception):
     """Base class of every error raised by :class:`imagekit_bgremove.client.ImageKitClient`."""
 
     default_retryable = False
+    # Class-level default too, so errors pickled before the attribute existed still have it.
+    maybe_applied: bool = False
 
     def __init__(
         self,
@@ -52,6 +62,7 @@ class ImageKitError(Exception):
         method: str | None = None,
         path: str | None = None,
         retry_after: float | None = None,
+        maybe_applied: bool = False,
     ):
         super().__init__(message)
         self.message = message
@@ -67,6 +78,8 @@ class ImageKitError(Exception):
         self.retry_after = retry_after
         # How many requests were made before this error was raised (set by the client).
         self.attempts = 1
+        # A request that starts paid work may have been applied although it failed (see above).
+        self.maybe_applied = bool(maybe_applied)
 
     @property
     def reason(self) -> str:
@@ -98,6 +111,8 @@ class ImageKitError(Exception):
             parts.append(f"request_id={self.request_id!r}")
         if self.method and self.path:
             parts.append(f"request={self.method} {self.path}")
+        if self.maybe_applied:
+            parts.append("maybe_applied=True")
         return f"{type(self).__name__}({', '.join(parts)})"
 
     def __reduce__(self):
@@ -173,6 +188,15 @@ class RateLimitedError(ImageKitError):
         return self.retry_after
 
 
+class TooManyUpdatesError(RateLimitedError, BadRequestError):
+    """400 "You have sent too many requests to update the file recently. Please try again later.":
+    a rate limit answered with status 400 (documented for the upload API). Retried like a 429,
+    honouring ``X-RateLimit-Reset`` / ``Retry-After`` when the answer carries them. It is both a
+    :class:`RateLimitedError` and a :class:`BadRequestError`; ``status`` stays 400."""
+
+    default_retryable = True
+
+
 class ServerError(ImageKitError):
     """5xx: trouble on ImageKit's side."""
 
@@ -193,10 +217,21 @@ def is_quota_message(message: str | None) -> bool:
     return "quota" in text and "extension" in text
 
 
+def is_rate_limit_message(message: str | None) -> bool:
+    """Whether a 400's message is a rate limit in disguise. The spec documents one such message for
+    the upload API ("You have sent too many requests to update the file recently. Please try again
+    later."); any 400 saying "too many requests" or "try again later" is treated the same way.
+    ("Upload Limit Exceeded." is a plan limit, not a rate limit: it stays final.)"""
+    text = " ".join((message or "").lower().split())
+    return "too many requests" in text or "try again later" in text
+
+
 def error_class_for(status: int, message: str | None = None) -> type[ImageKitError]:
     """The exception class for an HTTP error ``status`` (and, for 400, its message)."""
     if status == 400:
-        return QuotaExceededError if is_quota_message(message) else BadRequestError
+        if is_quota_message(message):
+            return QuotaExceededError
+        return TooManyUpdatesError if is_rate_limit_message(message) else BadRequestError
     if status in (401, 403):
         return AuthenticationError
     if status == 404:
@@ -273,7 +308,7 @@ def error_from_response(
             request_id = str(value)
             break
     cls = error_class_for(status, message)
-    retryable = status in RETRYABLE_STATUSES or status >= 500
+    retryable = status in RETRYABLE_STATUSES or status >= 500 or issubclass(cls, RateLimitedError)
     return cls(
         message,
         status=status,
