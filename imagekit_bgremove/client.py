@@ -6,6 +6,12 @@
   Content-Length, so a large upload never sits in memory whole. Retries re-send it from the start.
 * Retries connection errors, timeouts, 408/409/429 and 5xx with capped exponential backoff and full
   jitter; a 429 waits as long as ImageKit says (``X-RateLimit-Reset`` in ms, or ``Retry-After``).
+  The upload's 400 "too many requests ... try again later" is a rate limit too: retried alike.
+* Requests that start a paid extension run (an upload or a details update with ``extensions``) are
+  never re-sent once they may have reached ImageKit: after a read timeout, a connection lost after
+  sending, a 408/5xx or a body that is not JSON the error is raised at once with
+  ``maybe_applied=True``. They are retried only when they certainly took no effect: the connection
+  could not be made (nothing was sent), a 429, or the rate-limit 400.
 * Errors become the classes in :mod:`imagekit_bgremove.exceptions`, with ImageKit's message, help
   and ``x-ik-requestId``. The private key never appears in an error, a ``repr`` or a log line.
 """
@@ -29,6 +35,7 @@ from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 import requests
+import urllib3.exceptions
 from requests.auth import AuthBase
 
 from . import __version__
@@ -36,6 +43,7 @@ from .exceptions import (
     REQUEST_ID_HEADER,
     ImageKitError,
     ImageKitTimeout,
+    RateLimitedError,
     ResponseTooLargeError,
     TransportError,
     error_from_response,
@@ -364,7 +372,10 @@ class ImageKitClient:
         """Upload ``file`` (bytes, a path or a binary file object) as ``file_name``.
 
         Returns ImageKit's JSON: ``fileId``, ``url``, ``versionInfo``, ``extensionStatus``, ...
-        A retried upload can create a second file: callers make submission idempotent."""
+        A retried upload can create a second file: callers make submission idempotent.
+
+        With ``extensions`` the upload starts paid work and is only retried when it certainly took
+        no effect; otherwise the error has ``maybe_applied=True`` (see :meth:`find_file`)."""
         if not file_name:
             raise ValueError("file_name is required")
         fields: list[tuple[str, str]] = [("fileName", file_name)]
@@ -385,12 +396,15 @@ class ImageKitClient:
             fields.append(("responseFields", _comma_list(response_fields)))
         if description is not None:
             fields.append(("description", description))
+        paid = False
         if extensions is not None:
-            items = (
-                extensions
-                if isinstance(extensions, str)
-                else _compact_json(_extensions(extensions))
-            )
+            if isinstance(extensions, str):
+                items = extensions
+                paid = extensions.strip() not in ("", "[]")
+            else:
+                extension_list = _extensions(extensions)
+                items = _compact_json(extension_list)
+                paid = bool(extension_list)
             fields.append(("extensions", items))
         if webhook_url is not None:
             fields.append(("webhookUrl", webhook_url))
@@ -402,7 +416,9 @@ class ImageKitClient:
         source = _UploadSource(file)
         try:
             make_body = _multipart_factory(fields, source, file_name, str(content_type))
-            return self._call("POST", self.upload_base_url + UPLOAD_PATH, make_body=make_body)
+            return self._call(
+                "POST", self.upload_base_url + UPLOAD_PATH, make_body=make_body, paid=paid
+            )
         finally:
             source.close()
 
@@ -418,7 +434,11 @@ class ImageKitClient:
         remove_ai_tags: Iterable[str] | str | None = None,
         custom_coordinates: str | None = None,
     ) -> dict[str, Any]:
-        """PATCH the file's details; sends only the arguments given (camelCase on the wire)."""
+        """PATCH the file's details; sends only the arguments given (camelCase on the wire).
+
+        With ``extensions`` this starts paid work: it is only retried when it certainly took no
+        effect; otherwise the error has ``maybe_applied=True`` and the caller should look at the
+        file's details or versions before asking again."""
         body: dict[str, Any] = {}
         if extensions is not None:
             body["extensions"] = _extensions(extensions)
@@ -436,7 +456,8 @@ class ImageKitClient:
             )
         if description is not None:
             body["description"] = description
-        return self._call("PATCH", self._file_url(file_id, "details"), json_body=body)
+        paid = bool(body.get("extensions"))
+        return self._call("PATCH", self._file_url(file_id, "details"), json_body=body, paid=paid)
 
     def get_file_details(self, file_id: str) -> dict[str, Any]:
         return self._call("GET", self._file_url(file_id, "details"))
@@ -493,7 +514,10 @@ class ImageKitClient:
         make_body: Callable[[], tuple[Any, dict[str, str]]] | None = None,
         authenticated: bool = True,
         stream: bool = False,
+        paid: bool = False,
     ) -> Any:
+        """Send one request, retrying what is worth retrying. ``paid``: the request starts paid
+        work, so it is re-sent only when it certainly took no effect (see the module docstring)."""
         path = urlsplit(url).path
         attempt = 0
         while True:
@@ -504,6 +528,7 @@ class ImageKitClient:
                 data, extra = make_body()
                 headers.update(extra)
             error: ImageKitError
+            sent = True  # whether the request may have reached the server
             try:
                 response = self._session.request(
                     method,
@@ -518,6 +543,7 @@ class ImageKitClient:
                     allow_redirects=not authenticated,
                 )
             except requests.RequestException as exc:
+                sent = _may_have_been_sent(exc)
                 error = self._transport_error(exc, method, path)
             else:
                 try:
@@ -530,12 +556,29 @@ class ImageKitClient:
                             requests.exceptions.ChunkedEncodingError,
                         ) as exc:
                             error = self._transport_error(exc, method, path)
+                        except ImageKitError as exc:  # e.g. a body that is not JSON
+                            if not paid:
+                                raise
+                            error = exc
                     else:
                         error = self._error_from(response, method, path, streamed=stream)
                 finally:
                     response.close()
             error.attempts = attempt
+            if paid and _may_have_been_applied(error, sent):
+                error.maybe_applied = True
+                logger.warning(
+                    "ImageKit %s %s failed (%s, request id %s) after it may have reached "
+                    "ImageKit; not re-sending a request that starts paid work",
+                    method,
+                    path,
+                    error.status if error.status is not None else type(error).__name__,
+                    error.request_id or "-",
+                )
+                raise error from error.__cause__
             if not error.retryable or attempt > self.max_retries:
+                raise error from error.__cause__
+            if paid and not _certainly_not_applied(error, sent):
                 raise error from error.__cause__
             delay = self._retry_delay(attempt, error)
             if delay is None:
@@ -664,6 +707,67 @@ class ImageKitClient:
             method="GET",
             path=path,
         )
+
+
+def _may_have_been_sent(exc: requests.RequestException) -> bool:
+    """Whether a request that failed with ``exc`` may have reached the server.
+
+    Only a failure to open the connection proves nothing was sent: a connect timeout, or a
+    connection error caused by urllib3's ``NewConnectionError`` (refused, unreachable, DNS).
+    A read timeout, a connection reset or closed after sending (``RemoteDisconnected``,
+    ``ProtocolError``), TLS or proxy trouble may all come after the request went out. Errors
+    raised while preparing the request (invalid URL, headers, JSON) come before anything is sent.
+    This relies on the transport adapter not retrying by itself (requests' default)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return False
+    if isinstance(exc, requests.exceptions.SSLError | requests.exceptions.ProxyError):
+        return True
+    if isinstance(exc, requests.ConnectionError):
+        return not _connection_not_made(exc)
+    return isinstance(
+        exc,
+        requests.Timeout
+        | requests.exceptions.ChunkedEncodingError
+        | requests.exceptions.ContentDecodingError
+        | requests.exceptions.RetryError,
+    )
+
+
+def _connection_not_made(exc: BaseException) -> bool:
+    """Whether the chain behind ``exc`` shows the connection was never established."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen or len(seen) > 50:
+            continue
+        seen.add(id(current))
+        if isinstance(current, urllib3.exceptions.NewConnectionError):
+            return True
+        if isinstance(current, urllib3.exceptions.ProtocolError):
+            return False  # the connection existed and broke
+        linked = [getattr(current, "reason", None), current.__cause__, current.__context__]
+        linked.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        pending.extend(item for item in linked if isinstance(item, BaseException))
+    return False
+
+
+def _may_have_been_applied(error: ImageKitError, sent: bool) -> bool:
+    """Whether a failed request may still have taken effect at ImageKit: it may have been sent
+    and no clear refusal came back (no answer, a 408 or 5xx, or a success we could not read)."""
+    if isinstance(error, TransportError):
+        return sent
+    if error.status is None:
+        return False
+    return error.status < 300 or error.status == 408 or error.status >= 500
+
+
+def _certainly_not_applied(error: ImageKitError, sent: bool) -> bool:
+    """Failures after which a request that starts paid work may be sent again: nothing was sent,
+    or ImageKit refused it for its rate (429, or the rate-limit 400)."""
+    if isinstance(error, TransportError):
+        return not sent
+    return isinstance(error, RateLimitedError)
 
 
 def _timeout(value: Timeout) -> tuple[float, float]:
