@@ -12,6 +12,9 @@
   sending, a 408/5xx or a body that is not JSON the error is raised at once with
   ``maybe_applied=True``. They are retried only when they certainly took no effect: the connection
   could not be made (nothing was sent), a 429, or the rate-limit 400.
+* Downloads fetch only http(s) URLs on hosts the caller allows, follow at most
+  ``MAX_REDIRECTS`` redirects by hand (each checked against the same list before connecting), and
+  never send credentials or cookies.
 * Errors become the classes in :mod:`imagekit_bgremove.exceptions`, with ImageKit's message, help
   and ``x-ik-requestId``. The private key never appears in an error, a ``repr`` or a log line.
 """
@@ -21,26 +24,33 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import ipaddress
 import json
 import logging
 import mimetypes
 import os
 import random
+import re
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any, BinaryIO
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
+import idna
 import requests
 import urllib3.exceptions
+import urllib3.util
 from requests.auth import AuthBase
 
 from . import __version__
 from .exceptions import (
     REQUEST_ID_HEADER,
+    DisallowedURLError,
     ImageKitError,
     ImageKitTimeout,
     RateLimitedError,
@@ -56,6 +66,8 @@ FILES_PATH = "/v1/files"
 USER_AGENT = f"imagekit-bgremove/{__version__} python-requests/{requests.__version__}"
 
 CHUNK_SIZE = 64 * 1024
+# How many redirects a download follows (each one checked against the allowed hosts).
+MAX_REDIRECTS = 5
 # How much of an error response body to read from a streamed download.
 ERROR_BODY_LIMIT = 64 * 1024
 
@@ -291,6 +303,136 @@ def _comma_list(values: Iterable[str] | str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Download URLs: which hosts may be fetched
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+# Characters no download URL may contain at all: whitespace, controls and backslashes are where
+# URL parsers disagree (and so where allow-list checks get bypassed).
+_BAD_URL_CHARACTER = re.compile(
+    r"[\x00-\x20\x7f-\xa0\\\u1680\u2000-\u200f\u2028-\u202f\u205f\u3000\ufeff]"
+)
+
+AllowedHosts = frozenset[tuple[str, int | None]]
+
+
+def _canonical_host(host: str) -> str:
+    """A host name or IP literal in the form the connection will use: lower case, IDNA (UTS 46)
+    for non-ASCII names as requests encodes them, no trailing dot, IPv6 compressed. ValueError
+    when it is neither a host name nor an IP literal."""
+    text = host.lower()
+    if text.endswith(".") and not text.endswith(".."):
+        text = text[:-1]
+    if not text:
+        raise ValueError("empty host")
+    if ":" in text:
+        if "%" in text:
+            raise ValueError("IPv6 zone ids are not allowed")
+        return ipaddress.IPv6Address(text).compressed
+    if not text.isascii():
+        try:
+            text = idna.encode(text, uts46=True).decode("ascii").lower()
+        except (UnicodeError, idna.IDNAError) as exc:
+            raise ValueError("not a valid international host name") from exc
+    if not _HOST_NAME.fullmatch(text):
+        raise ValueError("not a valid host name")
+    return text
+
+
+def _display_host(host: str, port: int | None) -> str:
+    name = f"[{host}]" if ":" in host else host
+    return f"{name}:{port}" if port is not None else name
+
+
+def _allowed_hosts(allowed_hosts: Collection[str]) -> AllowedHosts:
+    """``allowed_hosts`` as ``(canonical host, port or None)`` pairs."""
+    if isinstance(allowed_hosts, str | bytes):
+        raise TypeError("allowed_hosts must be a collection of host names, not one string")
+    result: set[tuple[str, int | None]] = set()
+    for entry in allowed_hosts:
+        if not isinstance(entry, str):
+            raise TypeError(f"allowed_hosts must hold strings, not {type(entry).__name__}")
+        text = entry.strip()
+        port: int | None = None
+        if text.startswith("["):  # [IPv6] or [IPv6]:port
+            host, bracket, rest = text[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError(f"allowed host {entry!r} is not host or host:port")
+            port_text = rest[1:] if rest else None
+        elif text.count(":") == 1:
+            host, _, port_text = text.partition(":")
+        else:  # a name, an IPv4 address, or a bare IPv6 address
+            host, port_text = text, None
+        if port_text is not None:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise ValueError(f"allowed host {entry!r} has an invalid port")
+            port = int(port_text)
+        if _BAD_URL_CHARACTER.search(host) or any(c in host for c in "/?#@"):
+            raise ValueError(f"allowed host {entry!r} is not host or host:port")
+        try:
+            result.add((_canonical_host(host), port))
+        except ValueError as exc:
+            raise ValueError(f"allowed host {entry!r}: {exc}") from None
+    return frozenset(result)
+
+
+@dataclass(frozen=True)
+class _DownloadTarget:
+    url: str  # the URL actually fetched, rebuilt from its checked parts
+    host: str  # the allowed host, with its port when that is not the scheme's default
+    path: str
+
+
+def _download_target(url: Any, allowed: AllowedHosts) -> _DownloadTarget:
+    """Check ``url`` against ``allowed``; DisallowedURLError (before any connection) if refused."""
+    if not isinstance(url, str):
+        raise DisallowedURLError(f"the URL must be a string, not {type(url).__name__}")
+    if _BAD_URL_CHARACTER.search(url):
+        raise DisallowedURLError("the URL contains spaces, control characters or backslashes")
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        hostname = parts.hostname
+        port = parts.port
+    except ValueError:
+        raise DisallowedURLError("the URL cannot be parsed") from None
+    if scheme not in _DEFAULT_PORTS:
+        shown = f"{scheme}: URLs" if scheme else "relative URLs"
+        raise DisallowedURLError(f"only http and https URLs are downloaded, not {shown}")
+    if not hostname:
+        raise DisallowedURLError("the URL names no host")
+    try:
+        host = _canonical_host(hostname)
+    except ValueError:
+        shown = hostname if len(hostname) <= 100 else hostname[:97] + "..."
+        raise DisallowedURLError(f"{shown!r} is not a valid host name") from None
+    default = _DEFAULT_PORTS[scheme]
+    shown_host = _display_host(host, port if port not in (None, default) else None)
+    if "@" in parts.netloc:
+        raise DisallowedURLError(
+            f"URLs with user info are not downloaded (host {shown_host})", host=shown_host
+        )
+    if port == 0:
+        raise DisallowedURLError(f"port 0 of {host} is not a valid port", host=shown_host)
+    effective = default if port is None else port
+    if (host, effective) not in allowed and not (effective == default and (host, None) in allowed):
+        raise DisallowedURLError(f"{shown_host} is not one of the allowed hosts", host=shown_host)
+    netloc = _display_host(host, port)
+    path = parts.path or "/"
+    rebuilt = urlunsplit((scheme, netloc, path, parts.query, ""))
+    # What requests/urllib3 will parse must be the very host that was checked.
+    parsed = urllib3.util.parse_url(rebuilt)
+    if (parsed.host or "").strip("[]").lower() != host.strip("[]") or parsed.port != port:
+        raise DisallowedURLError("the URL is ambiguous", host=shown_host)
+    return _DownloadTarget(rebuilt, shown_host, path)
+
+
+@dataclass(frozen=True)
+class _Redirect:
+    location: str
+
+
+# ---------------------------------------------------------------------------------------------
 # The client
 
 
@@ -336,6 +478,10 @@ class ImageKitClient:
         )
         self._session = session or requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
+        # Downloads get a session of their own that never stores or sends cookies.
+        self._download_session = requests.Session()
+        self._download_session.headers["User-Agent"] = USER_AGENT
+        self._download_session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         self.closed = False
 
     def __repr__(self) -> str:
@@ -343,6 +489,7 @@ class ImageKitClient:
 
     def close(self) -> None:
         self._session.close()
+        self._download_session.close()
         self.closed = True
 
     def __enter__(self) -> ImageKitClient:
@@ -469,16 +616,35 @@ class ImageKitClient:
         url = self._file_url(file_id, "versions", version_id, "restore")
         return self._call("PUT", url)
 
-    def download(self, url: str, *, max_bytes: int) -> tuple[bytes, str]:
-        """GET a delivery URL (no credentials sent) and return ``(content, content type)``.
+    def download(
+        self, url: str, *, max_bytes: int, allowed_hosts: Collection[str]
+    ) -> tuple[bytes, str]:
+        """GET a delivery URL and return ``(content, media type)``, e.g. ``"image/png"``.
+
+        Only ``http``/``https`` URLs on ``allowed_hosts`` are fetched. Each entry is a host name
+        or IP address, optionally with a port: ``"ik.imagekit.io"``, ``"127.0.0.1:8790"``,
+        ``"[::1]:8080"``. A host WITHOUT a port allows only the default port of the URL's scheme
+        (80 for http, 443 for https); ``host:port`` allows exactly that port, for either scheme.
+        Hosts are compared lower-cased and IDNA-encoded (as requests connects to them), without a
+        trailing dot; IP addresses are compared as written (``localhost`` is not ``127.0.0.1``).
+        URLs with user info (``user@host``), whitespace, control characters or backslashes are
+        refused. Anything refused raises :class:`DisallowedURLError` (not retryable) naming the
+        host, before any connection is made. Redirects are followed by hand, at most
+        ``MAX_REDIRECTS`` of them, and every hop is checked against the same list before it is
+        contacted. No credentials and no cookies are ever sent. DNS is not pinned: an allowed
+        name is trusted to resolve where its owner says.
 
         Refuses, with :class:`ResponseTooLargeError`, anything over ``max_bytes``: at once when
-        Content-Length says so, otherwise as soon as more than ``max_bytes`` have arrived."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an absolute http(s) URL: {url!r}")
+        Content-Length says so, otherwise as soon as more than ``max_bytes`` have arrived.
+        Transport errors name only the allowed host, never the underlying exception's text
+        (that stays in ``__cause__``)."""
+        allowed = _allowed_hosts(allowed_hosts)
+        target = _download_target(url, allowed)
+        session = self._download_session
 
-        def read(response: requests.Response) -> tuple[bytes, str]:
+        def read(response: requests.Response) -> tuple[bytes, str] | _Redirect:
+            if response.is_redirect:
+                return _Redirect(session.get_redirect_target(response) or "")
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > max_bytes:
                 raise self._too_large(response, max_bytes, int(declared))
@@ -491,7 +657,20 @@ class ImageKitClient:
             media_type = content_type.split(";", 1)[0].strip().lower()
             return bytes(buffer), media_type or "application/octet-stream"
 
-        return self._request("GET", url, authenticated=False, stream=True, handle=read)
+        for _hop in range(MAX_REDIRECTS + 1):
+            result = self._request(
+                "GET", target.url, authenticated=False, stream=True, handle=read, redirects=True
+            )
+            if not isinstance(result, _Redirect):
+                return result
+            # Checked before anything connects to it, like the first URL.
+            target = _download_target(urljoin(target.url, result.location), allowed)
+        raise ImageKitError(
+            f"download from {target.host} was redirected more than {MAX_REDIRECTS} times",
+            retryable=False,
+            method="GET",
+            path=target.path,
+        )
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -515,9 +694,12 @@ class ImageKitClient:
         authenticated: bool = True,
         stream: bool = False,
         paid: bool = False,
+        redirects: bool = False,
     ) -> Any:
         """Send one request, retrying what is worth retrying. ``paid``: the request starts paid
-        work, so it is re-sent only when it certainly took no effect (see the module docstring)."""
+        work, so it is re-sent only when it certainly took no effect (see the module docstring).
+        ``redirects``: hand redirect responses to ``handle`` too (downloads follow them by hand).
+        Unauthenticated requests (downloads) go through the cookie-less download session."""
         path = urlsplit(url).path
         attempt = 0
         while True:
@@ -529,8 +711,9 @@ class ImageKitClient:
                 headers.update(extra)
             error: ImageKitError
             sent = True  # whether the request may have reached the server
+            session = self._session if authenticated else self._download_session
             try:
-                response = self._session.request(
+                response = session.request(
                     method,
                     url,
                     data=data,
@@ -539,15 +722,16 @@ class ImageKitClient:
                     timeout=self.timeout,
                     auth=self._auth if authenticated else self._no_auth,
                     stream=stream,
-                    # An API redirect would re-send a consumed body; ImageKit does not redirect.
-                    allow_redirects=not authenticated,
+                    # An API redirect would re-send a consumed body (ImageKit does not redirect);
+                    # downloads follow redirects by hand, checking every hop.
+                    allow_redirects=False,
                 )
             except requests.RequestException as exc:
                 sent = _may_have_been_sent(exc)
                 error = self._transport_error(exc, method, path)
             else:
                 try:
-                    if response.status_code < 300:
+                    if response.status_code < 300 or (redirects and response.is_redirect):
                         try:
                             return handle(response)
                         except (

@@ -17,6 +17,8 @@ response arrived), ImageKit's ``message`` and ``help``, the ``request_id`` from 
     |                             (also a BadRequestError; retryable like a 429)
     +-- ServerError               5xx (retryable)
     +-- ResponseTooLargeError     a download over its size limit
+    +-- DisallowedURLError        a download URL (or redirect) outside the allowed hosts
+                                  (also a ValueError)
 
 ``retryable`` says whether the trouble is transient. ``maybe_applied`` is about requests that start
 paid work (an upload or a details update with ``extensions``): it is True when the request may have
@@ -210,6 +212,22 @@ class ResponseTooLargeError(ImageKitError):
         super().__init__(message, **kwargs)
         self.limit = limit
         self.size = size
+
+
+class DisallowedURLError(ImageKitError, ValueError):
+    """A download was refused before any connection was made: the URL (or a redirect it led to)
+    is not an http(s) URL on one of the allowed hosts, carries user info, or cannot be parsed.
+    ``host`` is the refused host (``host:port`` for a non-default port), or ``None`` when the URL
+    names none. Never retryable. Also a ``ValueError``, which ``download`` raised for bad URLs
+    before."""
+
+    def __init__(self, message: str, *, host: str | None = None, **kwargs: Any):
+        kwargs.setdefault("retryable", False)
+        super().__init__(message, **kwargs)
+        self.host = host
+
+    def _prefix(self) -> str:
+        return "Download refused"
 
 
 def is_quota_message(message: str | None) -> bool:

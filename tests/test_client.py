@@ -655,13 +655,20 @@ def test_not_json_success_is_an_error(client, httpserver):
 # --- download ---------------------------------------------------------------------------------
 
 
+def here(httpserver: HTTPServer) -> list[str]:
+    """The test server as the only allowed download host."""
+    return [f"{httpserver.host}:{httpserver.port}"]
+
+
 def test_download_returns_bytes_and_type_without_credentials(client, httpserver):
     png = b"\x89PNG\r\n\x1a\n" + b"\x01" * 1000
     script = serve(
         httpserver, "/ik/cat.png", Script((200, png, {"Content-Type": "image/png; q=1"}))
     )
     content, content_type = client.download(
-        httpserver.url_for("/ik/cat.png?updatedAt=1"), max_bytes=2000
+        httpserver.url_for("/ik/cat.png?updatedAt=1"),
+        max_bytes=2000,
+        allowed_hosts=here(httpserver),
     )
     assert content == png and content_type == "image/png"
     assert "Authorization" not in script.seen[0].headers
@@ -670,7 +677,9 @@ def test_download_returns_bytes_and_type_without_credentials(client, httpserver)
 def test_download_refuses_declared_size_over_limit(client, httpserver):
     serve(httpserver, "/ik/big.png", Script((200, b"x" * 5000, {"Content-Type": "image/png"})))
     with pytest.raises(ResponseTooLargeError) as info:
-        client.download(httpserver.url_for("/ik/big.png"), max_bytes=4999)
+        client.download(
+            httpserver.url_for("/ik/big.png"), max_bytes=4999, allowed_hosts=here(httpserver)
+        )
     assert info.value.size == 5000 and info.value.limit == 4999
     assert "limit is 4999 bytes" in str(info.value)
     assert info.value.retryable is False
@@ -686,16 +695,20 @@ def test_download_refuses_undeclared_size_over_limit(client, httpserver):
 
     httpserver.expect_request("/ik/stream.png").respond_with_handler(endless)
     with pytest.raises(ResponseTooLargeError) as info:
-        client.download(httpserver.url_for("/ik/stream.png"), max_bytes=50_000)
+        client.download(
+            httpserver.url_for("/ik/stream.png"), max_bytes=50_000, allowed_hosts=here(httpserver)
+        )
     assert info.value.size is None
 
 
 def test_download_errors_and_bad_urls(client, httpserver):
     serve(httpserver, "/ik/gone.png", Script((404, "no such image")))
     with pytest.raises(NotFoundError):
-        client.download(httpserver.url_for("/ik/gone.png"), max_bytes=10)
+        client.download(
+            httpserver.url_for("/ik/gone.png"), max_bytes=10, allowed_hosts=here(httpserver)
+        )
     with pytest.raises(ValueError):
-        client.download("file:///etc/passwd", max_bytes=10)
+        client.download("file:///etc/passwd", max_bytes=10, allowed_hosts=here(httpserver))
 
 
 # --- construction and get_client --------------------------------------------------------------
