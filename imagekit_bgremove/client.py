@@ -647,19 +647,25 @@ class ImageKitClient:
                 return _Redirect(session.get_redirect_target(response) or "")
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > max_bytes:
-                raise self._too_large(response, max_bytes, int(declared))
+                raise self._too_large(response, target.host, max_bytes, int(declared))
             buffer = bytearray()
             for chunk in response.iter_content(CHUNK_SIZE):
                 buffer += chunk
                 if len(buffer) > max_bytes:
-                    raise self._too_large(response, max_bytes, None)
+                    raise self._too_large(response, target.host, max_bytes, None)
             content_type = response.headers.get("Content-Type", "")
             media_type = content_type.split(";", 1)[0].strip().lower()
             return bytes(buffer), media_type or "application/octet-stream"
 
         for _hop in range(MAX_REDIRECTS + 1):
             result = self._request(
-                "GET", target.url, authenticated=False, stream=True, handle=read, redirects=True
+                "GET",
+                target.url,
+                authenticated=False,
+                stream=True,
+                handle=read,
+                redirects=True,
+                label="download",
             )
             if not isinstance(result, _Redirect):
                 return result
@@ -695,12 +701,20 @@ class ImageKitClient:
         stream: bool = False,
         paid: bool = False,
         redirects: bool = False,
+        label: str | None = None,
     ) -> Any:
         """Send one request, retrying what is worth retrying. ``paid``: the request starts paid
         work, so it is re-sent only when it certainly took no effect (see the module docstring).
         ``redirects``: hand redirect responses to ``handle`` too (downloads follow them by hand).
-        Unauthenticated requests (downloads) go through the cookie-less download session."""
-        path = urlsplit(url).path
+        Unauthenticated requests (downloads) go through the cookie-less download session.
+        ``label`` names the request in transport errors (default: method and path)."""
+        parts = urlsplit(url)
+        path = parts.path
+        host = _display_host(
+            parts.hostname or "",
+            parts.port if parts.port != _DEFAULT_PORTS.get(parts.scheme) else None,
+        )
+        label = label or f"{method} {path}"
         attempt = 0
         while True:
             attempt += 1
@@ -728,7 +742,7 @@ class ImageKitClient:
                 )
             except requests.RequestException as exc:
                 sent = _may_have_been_sent(exc)
-                error = self._transport_error(exc, method, path)
+                error = self._transport_error(exc, method, path, label, host)
             else:
                 try:
                     if response.status_code < 300 or (redirects and response.is_redirect):
@@ -739,7 +753,7 @@ class ImageKitClient:
                             requests.Timeout,
                             requests.exceptions.ChunkedEncodingError,
                         ) as exc:
-                            error = self._transport_error(exc, method, path)
+                            error = self._transport_error(exc, method, path, label, host)
                         except ImageKitError as exc:  # e.g. a body that is not JSON
                             if not paid:
                                 raise
@@ -811,25 +825,40 @@ class ImageKitClient:
         return value
 
     def _transport_error(
-        self, exc: requests.RequestException, method: str, path: str
+        self, exc: requests.RequestException, method: str, path: str, label: str, host: str
     ) -> TransportError:
-        detail = self._redact(str(exc))
-        if len(detail) > 500:
-            detail = detail[:497] + "..."
+        """The error for a request that got no usable answer. Its message names only ``label``
+        (the request) and ``host`` (the configured ImageKit host or the allowed download host):
+        never the underlying exception's text, which can tell whoever reads a job's error about
+        addresses, ports and their states. That text stays in ``__cause__`` for logs."""
+        connect, read = self.timeout
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            what = f"could not connect to {host} in time (connect timeout {connect:g} s)"
+        elif isinstance(exc, requests.Timeout):
+            what = f"{host} timed out (no answer within the read timeout of {read:g} s)"
+        elif isinstance(exc, requests.exceptions.SSLError):
+            what = f"could not connect to {host} (TLS failed)"
+        elif isinstance(exc, requests.exceptions.ProxyError):
+            what = f"could not connect to {host} (the proxy failed)"
+        elif isinstance(exc, requests.ConnectionError):
+            if _connection_not_made(exc):
+                what = f"could not connect to {host} (connection failed)"
+            else:
+                what = f"the connection to {host} broke off before the answer was complete"
+        elif isinstance(exc, requests.exceptions.ChunkedEncodingError):
+            what = f"the answer from {host} was cut short"
+        elif isinstance(exc, requests.exceptions.ContentDecodingError):
+            what = f"the answer from {host} could not be decoded"
+        else:
+            what = f"the request to {host} could not be sent ({type(exc).__name__})"
+        message = f"{label}: {what}"
         if isinstance(exc, requests.Timeout):
-            connect, read = self.timeout
-            error: TransportError = ImageKitTimeout(
-                f"{method} {path} got no answer in time (connect {connect:g} s, read {read:g} s)",
-                method=method,
-                path=path,
-            )
+            error: TransportError = ImageKitTimeout(message, method=method, path=path)
         else:
             retryable = isinstance(
                 exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError
             )
-            error = TransportError(
-                f"{method} {path}: {detail}", method=method, path=path, retryable=retryable
-            )
+            error = TransportError(message, method=method, path=path, retryable=retryable)
         error.__cause__ = exc
         return error
 
@@ -878,12 +907,12 @@ class ImageKitClient:
             ) from exc
 
     def _too_large(
-        self, response: requests.Response, limit: int, size: int | None
+        self, response: requests.Response, host: str, limit: int, size: int | None
     ) -> ResponseTooLargeError:
         path = urlsplit(response.url).path
         said = f"{size} bytes" if size is not None else f"more than {limit} bytes"
         return ResponseTooLargeError(
-            f"download of {path} is {said}; the limit is {limit} bytes",
+            f"download from {host} is {said}; the limit is {limit} bytes",
             limit=limit,
             size=size,
             status=response.status_code,

@@ -4,11 +4,14 @@ count every TCP connection they accept, so "refused before connecting" is observ
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 
 from imagekit_bgremove.client import (
     MAX_REDIRECTS,
@@ -19,6 +22,9 @@ from imagekit_bgremove.client import (
 from imagekit_bgremove.exceptions import (
     DisallowedURLError,
     ImageKitError,
+    ImageKitTimeout,
+    ResponseTooLargeError,
+    TransportError,
 )
 from tests.test_client import KEY
 
@@ -317,3 +323,140 @@ def test_no_cookies_are_kept_between_downloads(client, servers):
     for path in ("/set", "/check"):
         client.download(f"{server.base}{path}", max_bytes=10_000, allowed_hosts=[server.hostport])
     assert "Cookie" not in server.requests[1][1]
+
+
+# --- 4. errors say nothing about the network beyond the allowed host ----------------------------
+
+# Fragments of the underlying exceptions' text that must not reach an error message.
+LOW_LEVEL = ("Errno", "refused", "HTTPConnectionPool", "Max retries", "Caused by", "timed out.")
+
+
+def assert_no_low_level_details(error: ImageKitError) -> None:
+    for text in (str(error), repr(error), error.message):
+        for fragment in LOW_LEVEL:
+            assert fragment not in text, (fragment, text)
+
+
+def test_download_connection_failure_names_only_the_allowed_host(client):
+    port = free_port()  # nothing listens there
+    with pytest.raises(TransportError) as info:
+        client.download(
+            f"http://127.0.0.1:{port}/ik/a.png", max_bytes=10, allowed_hosts=[f"127.0.0.1:{port}"]
+        )
+    error = info.value
+    assert str(error) == (
+        f"ImageKit connection error: download: could not connect to 127.0.0.1:{port} "
+        "(connection failed)"
+    )
+    assert_no_low_level_details(error)
+    assert isinstance(error.__cause__, requests.ConnectionError)  # the details, for logs
+    assert "refused" in str(error.__cause__).lower()
+    assert error.retryable is True and error.attempts == 3
+
+
+class Misbehaving:
+    """A TCP server on 127.0.0.1 that reads a request and then either answers too slowly
+    (``slow``) or sends half an image and hangs up (``cut``)."""
+
+    def __init__(self, behaviour: str):
+        self.behaviour = behaviour
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.1)
+        self.hostport = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(2)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(4096)
+                if self.behaviour == "slow":
+                    time.sleep(0.4)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+                    + PNG[:100]
+                )
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "cls", "said"),
+    [
+        ("slow", ImageKitTimeout, "{host} timed out (no answer within the read timeout of 0.1 s)"),
+        (
+            "cut",
+            TransportError,
+            "the answer from {host} was cut short",
+        ),
+    ],
+)
+def test_download_timeout_and_cut_short_name_only_the_host(behaviour, cls, said):
+    server = Misbehaving(behaviour)
+    try:
+        client = ImageKitClient(
+            private_key=KEY,
+            upload_base_url="http://127.0.0.1:9",
+            api_base_url="http://127.0.0.1:9",
+            timeout=(1, 0.1),
+            max_retries=0,
+            sleep=lambda _: None,
+        )
+        with pytest.raises(cls) as info:
+            client.download(
+                f"http://{server.hostport}/ik/a.png",
+                max_bytes=10_000,
+                allowed_hosts=[server.hostport],
+            )
+    finally:
+        server.close()
+    assert info.value.message == "download: " + said.format(host=server.hostport)
+    assert_no_low_level_details(info.value)
+    assert info.value.__cause__ is not None
+
+
+def test_download_too_large_names_the_host(client, servers):
+    server = servers({"/big.png": image(b"x" * 5000)})
+    with pytest.raises(ResponseTooLargeError) as info:
+        client.download(f"{server.base}/big.png", max_bytes=4999, allowed_hosts=[server.hostport])
+    assert info.value.message == (
+        f"download from {server.hostport} is 5000 bytes; the limit is 4999 bytes"
+    )
+
+
+@pytest.mark.parametrize(
+    ("base", "host"),
+    [("http://127.0.0.1:{port}", "127.0.0.1:{port}"), ("http://upload.invalid", "upload.invalid")],
+)
+def test_api_connection_failure_names_only_the_configured_host(base, host):
+    port = free_port()
+    client = ImageKitClient(
+        private_key=KEY,
+        upload_base_url=base.format(port=port),
+        api_base_url=base.format(port=port),
+        timeout=1,
+        max_retries=0,
+        sleep=lambda _: None,
+    )
+    with pytest.raises(TransportError) as info:
+        client.upload(b"img", "a.jpg")
+    assert str(info.value) == (
+        "ImageKit connection error: POST /api/v1/files/upload: could not connect to "
+        f"{host.format(port=port)} (connection failed)"
+    )
+    assert_no_low_level_details(info.value)
+    assert "Name or service" not in str(info.value) and "resolve" not in str(info.value)
+    assert KEY not in str(info.value)
