@@ -39,7 +39,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, BinaryIO
-from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 import idna
 import requests
@@ -430,6 +430,38 @@ def _download_target(url: Any, allowed: AllowedHosts) -> _DownloadTarget:
 @dataclass(frozen=True)
 class _Redirect:
     location: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Delivery URLs
+
+ORIGINAL_TRANSFORMATION = "orig-true"
+
+
+def original_url(url: str) -> str:
+    """``url`` (an ImageKit delivery URL) with the query parameter ``tr=orig-true`` added, so the
+    bytes served are exactly the stored file, e.g. remove-bg's PNG, and not a copy converted by
+    the account's automatic format and quality settings.
+
+    Other query parameters (``updatedAt=...``, ``ik-obj-version=...``) are kept byte for byte, in
+    their order. An existing ``tr`` parameter is REPLACED, not chained: ``orig-true`` means
+    "serve the original file without applying any transformations" (ImageKit's spec and its
+    "Deliver original file as-is" docs), so chaining it with others (``tr=w-100:orig-true``)
+    would ask for two contradictory things. A transformation in the path (``/tr:w-100/...``) is
+    left alone: the URLs ImageKit's API returns never have one. Signed URLs (``ik-s``) cannot be
+    changed without re-signing them; this function does not do that."""
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a string, not {type(url).__name__}")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.netloc:
+        raise ValueError("not an absolute http(s) URL")
+    kept = [
+        piece
+        for piece in parts.query.split("&")
+        if piece and unquote(piece.partition("=")[0].replace("+", " ")) != "tr"
+    ]
+    kept.append(f"tr={ORIGINAL_TRANSFORMATION}")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "&".join(kept), parts.fragment))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1026,4 +1058,4 @@ def get_client() -> ImageKitClient:
     return client
 
 
-__all__ = ["ImageKitClient", "get_client"]
+__all__ = ["MAX_REDIRECTS", "ImageKitClient", "get_client", "original_url"]

@@ -18,6 +18,7 @@ from imagekit_bgremove.client import (
     ImageKitClient,
     _allowed_hosts,
     _download_target,
+    original_url,
 )
 from imagekit_bgremove.exceptions import (
     DisallowedURLError,
@@ -460,3 +461,52 @@ def test_api_connection_failure_names_only_the_configured_host(base, host):
     assert_no_low_level_details(info.value)
     assert "Name or service" not in str(info.value) and "resolve" not in str(info.value)
     assert KEY not in str(info.value)
+
+
+# --- 5. byte-exact results: tr=orig-true ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://ik.imagekit.io/id/a.png", "https://ik.imagekit.io/id/a.png?tr=orig-true"),
+        (
+            "https://ik.imagekit.io/id/a.jpg?updatedAt=1566630881313",
+            "https://ik.imagekit.io/id/a.jpg?updatedAt=1566630881313&tr=orig-true",
+        ),
+        (  # an existing transformation is replaced, wherever it stands
+            "https://ik.imagekit.io/id/a.jpg?updatedAt=1&tr=n-ik_ml_thumbnail&x=%2F+y",
+            "https://ik.imagekit.io/id/a.jpg?updatedAt=1&x=%2F+y&tr=orig-true",
+        ),
+        (
+            "https://ik.imagekit.io/id/a.jpg?tr=w-100:h-50&t%72=q-10&tr=orig-true",
+            "https://ik.imagekit.io/id/a.jpg?tr=orig-true",
+        ),
+        (  # other parameters merely starting with tr stay
+            "http://127.0.0.1:8790/ik/a.png?trx=1&ik-obj-version=v%3D1#f",
+            "http://127.0.0.1:8790/ik/a.png?trx=1&ik-obj-version=v%3D1&tr=orig-true#f",
+        ),
+    ],
+)
+def test_original_url(url, expected):
+    assert original_url(url) == expected
+    assert original_url(expected) == expected  # idempotent
+
+
+def test_original_url_rejects_what_is_not_a_delivery_url():
+    for bad in ("/ik/a.png", "file:///etc/passwd", "ik.imagekit.io/a.png"):
+        with pytest.raises(ValueError):
+            original_url(bad)
+    with pytest.raises(TypeError):
+        original_url(None)
+
+
+def test_original_url_is_what_reaches_the_server(client, servers):
+    server = servers({"/ik/cut.png?updatedAt=7&tr=orig-true": image()})
+    content, media_type = client.download(
+        original_url(f"{server.base}/ik/cut.png?updatedAt=7&tr=f-jpg"),
+        max_bytes=10_000,
+        allowed_hosts=[server.hostport],
+    )
+    assert content == PNG and media_type == "image/png"
+    assert [path for path, _ in server.requests] == ["/ik/cut.png?updatedAt=7&tr=orig-true"]
