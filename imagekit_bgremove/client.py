@@ -39,7 +39,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, BinaryIO
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit, urlunsplit
 
 import idna
 import requests
@@ -300,6 +300,13 @@ def _tags(tags: Iterable[str] | str) -> list[str]:
 
 def _comma_list(values: Iterable[str] | str) -> str:
     return values if isinstance(values, str) else ",".join(str(v) for v in values)
+
+
+def _folder_path(folder: str) -> str:
+    """A folder as ImageKit writes it in ``filePath``: ``/`` or ``/a/b`` (no trailing slash)."""
+    if not isinstance(folder, str):
+        raise TypeError(f"folder must be a string, not {type(folder).__name__}")
+    return "/" + "/".join(segment for segment in folder.split("/") if segment)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -647,6 +654,84 @@ class ImageKitClient:
     def restore_version(self, file_id: str, version_id: str) -> dict[str, Any]:
         url = self._file_url(file_id, "versions", version_id, "restore")
         return self._call("PUT", url)
+
+    def list_files(
+        self,
+        *,
+        path: str | None = None,
+        search_query: str | None = None,
+        file_type: str | None = None,
+        limit: int | None = None,
+        skip: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """List and search assets (``GET /v1/files``); returns ImageKit's list of file (and,
+        depending on the query, folder or file-version) objects.
+
+        Sends only the parameters given, as ``path`` (a folder such as ``"/bgremove/"``),
+        ``searchQuery`` (ImageKit's Lucene-like syntax, e.g. ``name = "cat.jpg"``), ``fileType``
+        (``"all"``, ``"image"``, ``"non-image"``), ``limit`` (1 to 1000) and ``skip`` (0 or
+        more); everything else is the server's default (``type=file``, which ImageKit ignores
+        when ``searchQuery`` is given, sorted by creation, at most 1000 results)."""
+        params: list[tuple[str, str]] = []
+        if path is not None:
+            params.append(("path", str(path)))
+        if search_query is not None:
+            params.append(("searchQuery", str(search_query)))
+        if file_type is not None:
+            params.append(("fileType", str(file_type)))
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+                raise ValueError("limit must be an integer from 1 to 1000")
+            params.append(("limit", str(limit)))
+        if skip is not None:
+            if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+                raise ValueError("skip must be an integer of 0 or more")
+            params.append(("skip", str(skip)))
+        url = f"{self.api_base_url}{FILES_PATH}"
+        if params:  # spaces as %20, not "+": unambiguous for any server
+            url += "?" + urlencode(params, quote_via=quote)
+        result = self._call("GET", url)
+        if not isinstance(result, list):
+            raise ImageKitError(
+                "ImageKit answered the file list with something that is not a list",
+                body=self._redact(result),
+                method="GET",
+                path=FILES_PATH,
+            )
+        return result
+
+    def find_file(self, folder: str, name: str) -> dict[str, Any] | None:
+        """The file called exactly ``name`` directly in ``folder`` (``"/"`` for the root;
+        leading, trailing and repeated slashes do not matter), or ``None``.
+
+        For an upload whose answer was lost: search before uploading again. It asks ImageKit
+        for ``path=<folder>/`` and ``searchQuery=name = "<name>"`` (backslashes and double
+        quotes in the name escaped with a backslash), then keeps only a result of type ``file``
+        whose ``name`` is exactly ``name`` and whose ``filePath`` lies directly in ``folder``,
+        so a loose match by the search cannot be mistaken for the file. ``name`` is compared as
+        ImageKit stores it: ImageKit replaces characters other than letters, digits, ``.`` and
+        ``-`` in uploaded names with ``_``, and ``useUniqueFileName`` (default true) adds a
+        random suffix. ImageKit's search index may lag behind a just-finished upload, so
+        ``None`` is evidence, not proof, that no such file exists."""
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError("name must be a file name without slashes")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+            raise ValueError("name must not contain control characters")
+        folder_path = _folder_path(folder)
+        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+        results = self.list_files(
+            path=folder_path if folder_path == "/" else folder_path + "/",
+            search_query=f'name = "{escaped}"',
+        )
+        for item in results:
+            if not isinstance(item, Mapping) or item.get("type", "file") != "file":
+                continue
+            if item.get("name") != name:
+                continue
+            file_path = str(item.get("filePath") or "")
+            if _folder_path(file_path.rpartition("/")[0]) == folder_path:
+                return dict(item)
+        return None
 
     def download(
         self, url: str, *, max_bytes: int, allowed_hosts: Collection[str]
