@@ -949,14 +949,18 @@ class ImageKitClient:
         never the underlying exception's text, which can tell whoever reads a job's error about
         addresses, ports and their states. That text stays in ``__cause__`` for logs."""
         connect, read = self.timeout
+        # A read timeout while streaming a body comes wrapped in a ConnectionError.
+        timed_out = isinstance(exc, requests.Timeout) or any(
+            isinstance(e, urllib3.exceptions.ReadTimeoutError) for e in _exception_chain(exc)
+        )
         if isinstance(exc, requests.exceptions.ConnectTimeout):
             what = f"could not connect to {host} in time (connect timeout {connect:g} s)"
-        elif isinstance(exc, requests.Timeout):
+        elif timed_out:
             what = f"{host} timed out (no answer within the read timeout of {read:g} s)"
         elif isinstance(exc, requests.exceptions.SSLError):
-            what = f"could not connect to {host} (TLS failed)"
+            what = f"the TLS connection to {host} failed"
         elif isinstance(exc, requests.exceptions.ProxyError):
-            what = f"could not connect to {host} (the proxy failed)"
+            what = f"could not reach {host} through the proxy"
         elif isinstance(exc, requests.ConnectionError):
             if _connection_not_made(exc):
                 what = f"could not connect to {host} (connection failed)"
@@ -969,7 +973,7 @@ class ImageKitClient:
         else:
             what = f"the request to {host} could not be sent ({type(exc).__name__})"
         message = f"{label}: {what}"
-        if isinstance(exc, requests.Timeout):
+        if timed_out:
             error: TransportError = ImageKitTimeout(message, method=method, path=path)
         else:
             retryable = isinstance(
@@ -1063,23 +1067,30 @@ def _may_have_been_sent(exc: requests.RequestException) -> bool:
     )
 
 
-def _connection_not_made(exc: BaseException) -> bool:
-    """Whether the chain behind ``exc`` shows the connection was never established."""
-    seen: set[int] = set()
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions behind it: causes, contexts, urllib3's ``reason`` and
+    exceptions passed as arguments (requests wraps urllib3's errors that way)."""
+    seen: list[BaseException] = []
     pending: list[BaseException] = [exc]
-    while pending:
+    while pending and len(seen) < 50:
         current = pending.pop()
-        if id(current) in seen or len(seen) > 50:
+        if any(current is known for known in seen):
             continue
-        seen.add(id(current))
-        if isinstance(current, urllib3.exceptions.NewConnectionError):
-            return True
-        if isinstance(current, urllib3.exceptions.ProtocolError):
-            return False  # the connection existed and broke
+        seen.append(current)
         linked = [getattr(current, "reason", None), current.__cause__, current.__context__]
         linked.extend(arg for arg in current.args if isinstance(arg, BaseException))
         pending.extend(item for item in linked if isinstance(item, BaseException))
-    return False
+    return seen
+
+
+def _connection_not_made(exc: BaseException) -> bool:
+    """Whether the chain behind ``exc`` shows the connection was never established: urllib3's
+    ``NewConnectionError`` (refused, unreachable, DNS) and no sign of a connection that broke."""
+    chain = _exception_chain(exc)
+    return any(isinstance(e, urllib3.exceptions.NewConnectionError) for e in chain) and not any(
+        isinstance(e, urllib3.exceptions.ProtocolError | urllib3.exceptions.ReadTimeoutError)
+        for e in chain
+    )
 
 
 def _may_have_been_applied(error: ImageKitError, sent: bool) -> bool:

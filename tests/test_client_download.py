@@ -356,8 +356,8 @@ def test_download_connection_failure_names_only_the_allowed_host(client):
 
 
 class Misbehaving:
-    """A TCP server on 127.0.0.1 that reads a request and then either answers too slowly
-    (``slow``) or sends half an image and hangs up (``cut``)."""
+    """A TCP server on 127.0.0.1 that reads a request and then answers too slowly (``slow``),
+    sends part of an image and hangs up (``cut``), or sends part and stalls (``stall``)."""
 
     def __init__(self, behaviour: str):
         self.behaviour = behaviour
@@ -387,6 +387,8 @@ class Misbehaving:
                     b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
                     + PNG[:100]
                 )
+                if self.behaviour == "stall":
+                    time.sleep(0.4)
 
     def close(self):
         self.stop.set()
@@ -398,6 +400,7 @@ class Misbehaving:
     ("behaviour", "cls", "said"),
     [
         ("slow", ImageKitTimeout, "{host} timed out (no answer within the read timeout of 0.1 s)"),
+        ("stall", ImageKitTimeout, "{host} timed out (no answer within the read timeout of 0.1 s)"),
         (
             "cut",
             TransportError,
