@@ -1,7 +1,8 @@
 """A small, careful HTTP client for the parts of ImageKit's API this app uses.
 
-* One ``requests.Session`` per client; HTTP Basic auth with the private key as the user name and an
-  empty password, sent only to the API and upload bases (never to delivery URLs).
+* One ``requests.Session`` per client for the API; HTTP Basic auth with the private key as the user
+  name and an empty password, sent only to the API and upload bases. Downloads of delivery URLs use
+  a second session that sends no credentials and keeps no cookies.
 * Uploads stream: the multipart body is produced chunk by chunk from the file, with an exact
   Content-Length, so a large upload never sits in memory whole. Retries re-send it from the start.
 * Retries connection errors, timeouts, 408/409/429 and 5xx with capped exponential backoff and full

@@ -4,6 +4,7 @@ paid extension run (never re-sent once they may have reached ImageKit). Real loc
 from __future__ import annotations
 
 import contextlib
+import pickle
 import socket
 import struct
 import threading
@@ -107,9 +108,14 @@ def test_too_many_updates_on_details_update_is_retried(client, httpserver, sleep
     assert sleeps == [pytest.approx(1.0, abs=0.02)]
 
 
-def test_maybe_applied_defaults_to_false():
+def test_maybe_applied_defaults_to_false_and_survives_pickling():
     assert ImageKitError("x").maybe_applied is False
-    assert ImageKitError("x", maybe_applied=True).maybe_applied is True
+    error = ServerError("x", status=500, maybe_applied=True)
+    restored = pickle.loads(pickle.dumps(error))
+    assert restored.maybe_applied is True and "maybe_applied=True" in repr(restored)
+    old = ImageKitError("x")
+    del old.__dict__["maybe_applied"]  # as pickled before the attribute existed
+    assert pickle.loads(pickle.dumps(old)).maybe_applied is False
 
 
 # --- 2. requests that start paid work are never re-sent blindly -------------------------------
