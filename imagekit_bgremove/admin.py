@@ -45,7 +45,9 @@ from .options import NON_FIELD, OptionsError, RemoveBgOptions
 STATUS_COLOURS = {
     JobStatus.QUEUED: "#6c757d",
     JobStatus.SUBMITTING: "#0d6efd",
+    JobStatus.WAITING: "#6f42c1",
     JobStatus.PENDING: "#0d6efd",
+    JobStatus.RECEIVED: "#0d6efd",
     JobStatus.SUCCEEDED: "#198754",
     JobStatus.FAILED: "#dc3545",
     JobStatus.SUPERSEDED: "#adb5bd",

@@ -283,7 +283,7 @@ class RemovalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             self.check_model_permission(filters["model"])
             qs = qs.filter(
                 content_type=ContentType.objects.get_for_model(
-                    filters["model"], for_concrete_model=False
+                    filters["model"]._meta.concrete_model
                 )
             )
         elif not self.request.user.is_superuser:

@@ -8,6 +8,7 @@ newcomer needs no account: the emulator defaults below fill in what a real accou
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -26,7 +27,8 @@ DEFAULTS: dict[str, Any] = {
     "WEBHOOK_TOLERANCE_SECONDS": 300,
     "WEBHOOK_BASE_URL": "",
     "WEBHOOK_REQUIRE_SIGNATURE": False,
-    "WEBHOOK_CONFIRM_WITH_API": False,
+    # Take the result's URL from ImageKit's file details, never from the callback body.
+    "WEBHOOK_CONFIRM_WITH_API": True,
     "WEBHOOK_MAX_BODY_BYTES": 512 * 1024,
     "WEBHOOK_DELIVERY_RETENTION_DAYS": 30,
     # What gets sent.
@@ -44,9 +46,16 @@ DEFAULTS: dict[str, Any] = {
     "TASK_QUEUE": "default",
     "TASK_MAX_ATTEMPTS": 5,
     "TASK_RETRY_DELAY": 30.0,
+    # How long a worker holds a job it is submitting or storing before reconcile takes it back.
+    "TASK_LEASE_SECONDS": 600,
     # Results.
     "COPY_RESULT": True,
     "RESULT_MAX_BYTES": 25 * 1024 * 1024,
+    # Delivery hosts results may be downloaded from, besides URL_ENDPOINT's ("host" or
+    # "host:port").
+    "RESULT_HOSTS": [],
+    # Your ImageKit plan's upload limit: larger originals fail at once instead of being sent.
+    "MAX_UPLOAD_BYTES": 25 * 1024 * 1024,
     "RESULT_SUFFIX": "_nobg",
     # Lost callbacks.
     "RECONCILE_AFTER_SECONDS": 600,
@@ -101,6 +110,20 @@ class AppSettings:
         if self.emulator_mode:
             return str(self.EMULATOR_URL).rstrip("/") + "/ik"
         return ""
+
+    @property
+    def result_hosts(self) -> frozenset[str]:
+        """Where results may be downloaded from: the URL_ENDPOINT's host (with its port when it
+        names one) and RESULT_HOSTS, lower-cased."""
+        hosts = self.RESULT_HOSTS
+        if isinstance(hosts, str):
+            hosts = hosts.split(",")
+        allowed = {str(h).strip().lower() for h in hosts or () if str(h).strip()}
+        endpoint = urlsplit(self.url_endpoint) if self.url_endpoint else None
+        if endpoint is not None and endpoint.hostname:
+            host = endpoint.hostname.lower()
+            allowed.add(f"{host}:{endpoint.port}" if endpoint.port else host)
+        return frozenset(allowed)
 
     @property
     def webhook_secrets(self) -> list[str]:

@@ -1,13 +1,19 @@
 """``BackgroundRemovalImageField``: an ``ImageField`` whose images get their background removed.
 
 The original is stored and served exactly as by ``ImageField``; the app never modifies it. When a
-new or changed image is saved (and the trigger allows it), a removal is requested once the
-transaction commits. ``save()`` itself does no network I/O and never reads the image.
+save stores a new image (and the trigger allows it), the save records a removal job in its own
+transaction; the submit task is enqueued once that transaction commits. ``save()`` itself does no
+network I/O and never reads the image.
 
-The field adds a companion ``ForeignKey`` ``<name>_removal`` to the latest
-:class:`~imagekit_bgremove.models.RemovalJob`, so lists can filter and ``select_related`` it::
+The field adds two companion foreign keys, so lists can filter and ``select_related`` them:
+``<name>_removal`` (the latest job) and ``<name>_result`` (the latest job that succeeded)::
 
     Product.objects.filter(photo_removal__status="succeeded").select_related("photo_removal")
+
+A new image is recognised from what the save actually stores, not from a name: a file written by
+this save (so a storage that overwrites names, like S3's default, is no obstacle), or a different
+stored name than the one last loaded from the database (``refresh_from_db`` and deferred loading
+included). Proxy models and multi-table children share their concrete model's jobs.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from typing import Any
 
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
-from django.db import models, transaction
-from django.db.models.fields.files import FieldFile, ImageFieldFile
-from django.db.models.signals import post_init, post_save
+from django.db import models
+from django.db.models.fields.files import FieldFile, ImageFieldFile, ImageFileDescriptor
+from django.db.models.signals import class_prepared, post_init, post_save
 
+from . import services
+from .models import JobStatus, Trigger
 from .options import OptionsError, RemoveBgOptions
 
 logger = logging.getLogger(__name__)
@@ -34,6 +42,19 @@ TRIGGERS = (TRIGGER_CHANGED, TRIGGER_NEVER, TRIGGER_MANUAL)
 _UNSET = object()
 
 
+def _snapshot_key(attname: str) -> str:
+    """Where an instance keeps the name its field had in the database when last loaded/saved."""
+    return f"_ikbg_stored_{attname}"
+
+
+def _changed_key(attname: str) -> str:
+    return f"_ikbg_changed_{attname}"
+
+
+def _options_key(attname: str) -> str:
+    return f"_ikbg_options_{attname}"
+
+
 class BackgroundRemovalFieldFile(ImageFieldFile):
     """The original image (an ``ImageFieldFile``) plus what became of its background removal."""
 
@@ -41,6 +62,11 @@ class BackgroundRemovalFieldFile(ImageFieldFile):
     def removal(self):
         """The latest :class:`RemovalJob` of this field (``None`` before the first request)."""
         return getattr(self.instance, self.field.removal_field_name, None)
+
+    @property
+    def last_success(self):
+        """The latest job of this field that succeeded (``None`` if none has)."""
+        return getattr(self.instance, self.field.result_field_name, None)
 
     @property
     def removal_status(self) -> str | None:
@@ -52,25 +78,40 @@ class BackgroundRemovalFieldFile(ImageFieldFile):
         job = self.removal
         return job.error_message if job is not None else ""
 
+    def _result_job(self):
+        job = self.last_success
+        if job is None or job.status != JobStatus.SUCCEEDED or job.source_name != self.name:
+            return None  # no cut-out yet, or it is the cut-out of an earlier image
+        return job
+
     @property
     def result_url(self) -> str | None:
-        """ImageKit's URL of the cut-out, once the removal has succeeded."""
-        from .models import JobStatus
-
-        job = self.removal
-        if job is None or job.status != JobStatus.SUCCEEDED:
-            return None
-        return job.result_url or None
+        """ImageKit's URL of this image's cut-out, once a removal has succeeded."""
+        job = self._result_job()
+        return (job.result_url or None) if job is not None else None
 
     @property
     def result_file(self) -> FieldFile | None:
-        """The copy of the cut-out in this field's storage, next to the original (or ``None``)."""
-        from .models import JobStatus
-
-        job = self.removal
-        if job is None or job.status != JobStatus.SUCCEEDED or not job.result_name:
+        """The copy of this image's cut-out in the field's storage, next to the original."""
+        job = self._result_job()
+        if job is None or not job.result_name:
             return None
         return FieldFile(self.instance, self.field, job.result_name)
+
+    @property
+    def next_removal_options(self) -> dict[str, Any] | None:
+        return self.instance.__dict__.get(_options_key(self.field.attname))
+
+    @next_removal_options.setter
+    def next_removal_options(self, options: RemoveBgOptions | Mapping[str, Any] | None) -> None:
+        """Options for the removal the next save requests (for example, chosen at upload)."""
+        key = _options_key(self.field.attname)
+        if options is None:
+            self.instance.__dict__.pop(key, None)
+        elif isinstance(options, RemoveBgOptions):
+            self.instance.__dict__[key] = options.to_dict()
+        else:
+            self.instance.__dict__[key] = dict(options)
 
     def request_removal(
         self,
@@ -81,9 +122,6 @@ class BackgroundRemovalFieldFile(ImageFieldFile):
         force: bool = False,
     ):
         """Ask for the background to be removed (again). Returns the new ``RemovalJob``."""
-        from . import services
-        from .models import Trigger
-
         return services.request_removal(
             self.instance,
             self.field.name,
@@ -94,9 +132,31 @@ class BackgroundRemovalFieldFile(ImageFieldFile):
         )
 
 
+class _Descriptor(ImageFileDescriptor):
+    """Notices ``refresh_from_db`` (and the loading of a deferred field), which assign the
+    value of a fresh copy of the same row: the stored name is then the one just read."""
+
+    def __set__(self, instance: models.Model, value: Any) -> None:
+        super().__set__(instance, value)
+        source = getattr(value, "instance", None)
+        if (
+            isinstance(value, FieldFile)
+            and value._committed
+            and source is not None
+            and source is not instance
+            and source.pk is not None
+            and source.pk == instance.pk
+            and source._meta.concrete_model is instance._meta.concrete_model
+        ):
+            instance.__dict__[_snapshot_key(self.field.attname)] = value.name or ""
+
+
 class BackgroundRemovalImageField(models.ImageField):
     attr_class = BackgroundRemovalFieldFile
+    descriptor_class = _Descriptor
     description = "Image whose background is removed through ImageKit"
+    #: How the rest of the app recognises these fields without importing this module.
+    removes_background = True
 
     def __init__(
         self,
@@ -143,32 +203,38 @@ class BackgroundRemovalImageField(models.ImageField):
     def removal_field_name(self) -> str:
         return f"{self.name}_removal"
 
+    @property
+    def result_field_name(self) -> str:
+        return f"{self.name}_result"
+
     # -- model class set-up ------------------------------------------------------------------
 
     def contribute_to_class(self, cls: type[models.Model], name: str, **kwargs: Any) -> None:
         if self._options_error is not None:
             self._raise_options_error(f"{cls.__module__}.{cls.__qualname__}.{name}")
         super().contribute_to_class(cls, name, **kwargs)
-        if cls._meta.abstract:
+        if cls._meta.abstract or cls.__module__ == "__fake__":
+            # Abstract: each concrete child gets its own copy. A migration state model already
+            # carries the pointers from its migration.
             return
-        if cls.__module__ == "__fake__":
-            # A migration state model: it already carries the pointer from the migration, and
-            # saves in data migrations must not request removals.
-            return
-        if not any(f.name == self.removal_field_name for f in cls._meta.local_fields):
-            pointer = models.ForeignKey(
-                "imagekit_bgremove.RemovalJob",
-                null=True,
-                blank=True,
-                editable=False,
-                on_delete=models.SET_NULL,
-                related_name="+",
-                verbose_name=f"{self.verbose_name or name} background removal",
-            )
-            cls.add_to_class(self.removal_field_name, pointer)
-        # Bound methods are held weakly; the field lives as long as its model.
-        post_init.connect(self._snapshot, sender=cls, dispatch_uid=f"ikbg_init_{id(self)}")
-        post_save.connect(self._after_save, sender=cls, dispatch_uid=f"ikbg_save_{id(self)}")
+        label = self.verbose_name or name
+        for pointer, what in (
+            (self.removal_field_name, "background removal"),
+            (self.result_field_name, "background removal result"),
+        ):
+            if not any(f.name == pointer for f in cls._meta.local_fields):
+                cls.add_to_class(
+                    pointer,
+                    models.ForeignKey(
+                        "imagekit_bgremove.RemovalJob",
+                        null=True,
+                        blank=True,
+                        editable=False,
+                        on_delete=models.SET_NULL,
+                        related_name="+",
+                        verbose_name=f"{label} {what}",
+                    ),
+                )
 
     def deconstruct(self):
         name, path, args, kwargs = super().deconstruct()
@@ -210,7 +276,7 @@ class BackgroundRemovalImageField(models.ImageField):
             )
         return errors
 
-    # -- save hooks ----------------------------------------------------------------------------
+    # -- change detection --------------------------------------------------------------------
 
     def _stored_name(self, instance: models.Model) -> Any:
         value = instance.__dict__.get(self.attname, _UNSET)
@@ -219,13 +285,39 @@ class BackgroundRemovalImageField(models.ImageField):
         if value is None or isinstance(value, str):
             return value or ""
         if isinstance(value, FieldFile):
-            return (value.name or "") if value._committed else None
-        return None  # a File not saved yet: a new upload
+            return (value.name or "") if value._committed else _UNSET
+        return _UNSET  # a File not saved yet
 
-    def _snapshot(self, instance: models.Model, **kwargs: Any) -> None:
-        instance.__dict__[f"_ikbg_{self.attname}"] = self._stored_name(instance)
+    def pre_save(self, model_instance: models.Model, add: bool) -> Any:
+        """Decide, while the row is not yet written, whether this save stores a new image."""
+        file = getattr(model_instance, self.attname)
+        writes_file = bool(file) and not file._committed
+        value = super().pre_save(model_instance, add)
+        name = (value.name or "") if value else ""
+        if writes_file or (add and name):
+            changed = True
+        elif not name:
+            changed = False
+        else:
+            before = model_instance.__dict__.get(_snapshot_key(self.attname), _UNSET)
+            if model_instance._state.adding:
+                before = _UNSET  # built in code with the pk of an existing row, never loaded
+            if before is _UNSET:
+                # Never loaded from the database: ask it what it holds now.
+                stored = (
+                    type(model_instance)
+                    ._base_manager.db_manager(model_instance._state.db)
+                    .filter(pk=model_instance.pk)
+                    .values_list(self.attname, flat=True)
+                    .first()
+                )
+                changed = stored != name
+            else:
+                changed = before != name
+        model_instance.__dict__[_changed_key(self.attname)] = changed
+        return value
 
-    def _trigger_allows(self, instance: models.Model) -> bool:
+    def trigger_allows(self, instance: models.Model) -> bool:
         trigger = self.remove_bg_trigger
         if callable(trigger):
             try:
@@ -235,45 +327,49 @@ class BackgroundRemovalImageField(models.ImageField):
                 return False
         return trigger == TRIGGER_CHANGED
 
-    def _after_save(
-        self,
-        sender: type,
-        instance: models.Model,
-        created: bool,
-        raw: bool,
-        update_fields: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        if raw or (update_fields is not None and self.name not in update_fields):
-            return
-        current = self._stored_name(instance)
-        key = f"_ikbg_{self.attname}"
-        # A new row has no previous image, even when created with the name of a stored file.
-        before = "" if created else instance.__dict__.get(key, _UNSET)
-        instance.__dict__[key] = current
-        if current is _UNSET or not current or current == before:
-            return
-        if not self._trigger_allows(instance):
-            return
-        model, pk, name = type(instance), instance.pk, self.name
-        using = kwargs.get("using")
 
-        def request() -> None:
-            _request_after_commit(model, pk, name, instance)
-
-        transaction.on_commit(request, using=using, robust=True)
+def _removal_fields(model: type[models.Model]) -> list[BackgroundRemovalImageField]:
+    return [f for f in model._meta.fields if isinstance(f, BackgroundRemovalImageField)]
 
 
-def _request_after_commit(
-    model: type[models.Model], pk: Any, field_name: str, instance: models.Model
+def _after_init(sender: type, instance: models.Model, **kwargs: Any) -> None:
+    for field in sender._ikbg_fields:  # type: ignore[attr-defined]
+        instance.__dict__[_snapshot_key(field.attname)] = field._stored_name(instance)
+
+
+def _after_save(
+    sender: type,
+    instance: models.Model,
+    created: bool,
+    raw: bool,
+    update_fields: Any = None,
+    using: str | None = None,
+    **kwargs: Any,
 ) -> None:
-    """Runs once the save committed. Never raises: the user's save has already succeeded."""
-    from . import services
-    from .models import Trigger
+    for field in sender._ikbg_fields:  # type: ignore[attr-defined]
+        changed = instance.__dict__.pop(_changed_key(field.attname), False)
+        instance.__dict__[_snapshot_key(field.attname)] = field._stored_name(instance)
+        if raw or not changed:
+            continue
+        if update_fields is not None and field.name not in update_fields:
+            continue
+        if not field.trigger_allows(instance):
+            continue
+        # In the save's transaction: if the job cannot be recorded, the save fails with it.
+        services.request_on_save(instance, field, created=created, using=using)
 
-    try:
-        services.request_removal(instance, field_name, trigger=Trigger.SAVE)
-    except Exception:
-        logger.exception(
-            "could not request background removal for %s %s.%s", model._meta.label, pk, field_name
-        )
+
+def _connect(sender: type[models.Model], **kwargs: Any) -> None:
+    """Hook up every model with removal fields, proxies and multi-table children included."""
+    if sender._meta.abstract or sender.__module__ == "__fake__":
+        return
+    fields = _removal_fields(sender)
+    if not fields:
+        return
+    sender._ikbg_fields = fields  # type: ignore[attr-defined]
+    uid = f"ikbg_{sender.__module__}.{sender.__qualname__}"
+    post_init.connect(_after_init, sender=sender, dispatch_uid=f"{uid}_init")
+    post_save.connect(_after_save, sender=sender, dispatch_uid=f"{uid}_save")
+
+
+class_prepared.connect(_connect, dispatch_uid="imagekit_bgremove_connect")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,16 +15,33 @@ from .options import RemoveBgOptions
 
 
 class JobStatus(models.TextChoices):
+    """Where a job stands. Each unfinished state has exactly one thing that moves it on:
+
+    queued      a worker's submit task (claims it: → submitting)
+    submitting  the worker holding the lease; reconcile takes it back when the lease expires
+    waiting     the identical job it shares a result with (``duplicate_of``)
+    pending     ImageKit: its callback, or the scheduled check asking ImageKit
+    received    a worker's finalize task, which stores the result (→ succeeded)
+    """
+
     QUEUED = "queued", "Queued"
     SUBMITTING = "submitting", "Submitting"
-    PENDING = "pending", "Pending at ImageKit"
+    WAITING = "waiting", "Waiting for an identical image"
+    PENDING = "pending", "Processing at ImageKit"
+    RECEIVED = "received", "Result received, saving"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     SUPERSEDED = "superseded", "Superseded"
     CANCELLED = "cancelled", "Cancelled"
 
 
-UNFINISHED = (JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.PENDING)
+UNFINISHED = (
+    JobStatus.QUEUED,
+    JobStatus.SUBMITTING,
+    JobStatus.WAITING,
+    JobStatus.PENDING,
+    JobStatus.RECEIVED,
+)
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SUPERSEDED, JobStatus.CANCELLED)
 
 
@@ -35,28 +53,64 @@ class Trigger(models.TextChoices):
     RETRY = "retry", "Retry"
 
 
+def owner_model(model: type[models.Model], field_name: str) -> type[models.Model]:
+    """The concrete model whose table holds ``field_name``: jobs are keyed by it, so that a proxy,
+    a multi-table child and the parent all share one job history per image."""
+    return model._meta.get_field(field_name).model._meta.concrete_model
+
+
+def owner_content_type(model: type[models.Model], field_name: str) -> ContentType:
+    return ContentType.objects.get_for_model(owner_model(model, field_name))
+
+
+def new_lease() -> int:
+    """A fresh ownership token: only the holder of the current token moves a leased job."""
+    return secrets.randbits(62) or 1
+
+
 class RemovalJobQuerySet(models.QuerySet):
     def for_object(
         self, instance: models.Model, field_name: str | None = None
     ) -> RemovalJobQuerySet:
-        qs = self.filter(
-            content_type=ContentType.objects.get_for_model(instance, for_concrete_model=False),
-            object_id=str(instance.pk),
-        )
+        model = type(instance)
+        names = [field_name] if field_name else _removal_field_names(model)
+        content_types = {owner_content_type(model, name).pk for name in names}
+        qs = self.filter(content_type_id__in=content_types, object_id=str(instance.pk))
         return qs if field_name is None else qs.filter(field_name=field_name)
 
     def unfinished(self) -> RemovalJobQuerySet:
         return self.filter(status__in=UNFINISHED)
 
-    def transition(self, pk: int, sources: Iterable[str], target: str, **changes: Any) -> bool:
+    def transition(
+        self,
+        pk: int,
+        sources: Iterable[str],
+        target: str,
+        *,
+        lease: int | None = None,
+        **changes: Any,
+    ) -> bool:
         """Move job ``pk`` from one of ``sources`` to ``target`` in one UPDATE.
 
         The database decides the race: of two workers (or a worker and a webhook) trying the
-        same move, exactly one sees a row count of 1. Returns whether this caller won."""
+        same move, exactly one sees a row count of 1. With ``lease``, only the holder of that
+        token may move the job: a worker that reconcile replaced (its lease expired) loses even
+        when the status still matches. Every move hands out a new token, so whoever held the old
+        one can no longer move the job. Returns whether this caller won."""
         changes.setdefault("updated_at", timezone.now())
+        changes.setdefault("lease_token", 0)
+        if "lease_expires_at" not in changes and not changes["lease_token"]:
+            changes["lease_expires_at"] = None
         if target in FINISHED:
             changes.setdefault("finished_at", changes["updated_at"])
-        return bool(self.filter(pk=pk, status__in=list(sources)).update(status=target, **changes))
+        qs = self.filter(pk=pk, status__in=list(sources))
+        if lease is not None:
+            qs = qs.filter(lease_token=lease)
+        return bool(qs.update(status=target, **changes))
+
+
+def _removal_field_names(model: type[models.Model]) -> list[str]:
+    return [f.name for f in model._meta.fields if getattr(f, "removes_background", False)]
 
 
 class RemovalJob(models.Model):
@@ -76,16 +130,29 @@ class RemovalJob(models.Model):
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # A failed job is tried again at most once: a second retry must start from the newest one.
+    retry_of = models.OneToOneField(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="retry",
+        help_text="The failed job this one tries again.",
+    )
 
     # The original image as it was when the job was requested (never modified by the app).
     source_name = models.CharField(max_length=500, blank=True)
     source_hash = models.CharField(max_length=64, blank=True, db_index=True)
     source_size = models.BigIntegerField(null=True, blank=True)
+    # sha256 of the source content and the options: identical work has the same key.
+    content_key = models.CharField(max_length=64, blank=True, db_index=True)
 
     # ImageKit's side.
     file_id = models.CharField(max_length=100, blank=True, db_index=True)
     file_path = models.CharField(max_length=500, blank=True)
     source_version_id = models.CharField(max_length=100, blank=True)
+    # The result: normally a new version of ``file_id``; ImageKit may also name another file.
+    result_file_id = models.CharField(max_length=100, blank=True)
     result_version_id = models.CharField(max_length=100, blank=True)
     result_url = models.URLField(max_length=2000, blank=True)
     result_mime = models.CharField(max_length=100, blank=True)
@@ -94,14 +161,24 @@ class RemovalJob(models.Model):
     result_height = models.PositiveIntegerField(null=True, blank=True)
     # The copy of the result in Django storage, next to the original.
     result_name = models.CharField(max_length=500, blank=True)
+    # A copy being written: named here first, so an interrupted write can be cleaned up.
+    partial_result_name = models.CharField(max_length=500, blank=True)
 
     # Why it failed (or why the result could not be copied), for a staff user to act on.
     error_code = models.CharField(max_length=100, blank=True)
     error_message = models.TextField(blank=True)
     error_details = models.JSONField(null=True, blank=True)
 
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0, help_text="Submissions started.")
+    finalize_attempts = models.PositiveIntegerField(default=0, help_text="Result copies started.")
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # Ownership of a job a worker is busy with (submitting, or storing a received result).
+    lease_token = models.BigIntegerField(default=0)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # The last paid request got no answer: ask ImageKit what became of it before sending again.
+    submission_uncertain = models.BooleanField(default=False)
+    # When reconcile last enqueued this job's task (so a backlog is not enqueued again and again).
+    requeued_at = models.DateTimeField(null=True, blank=True)
     duplicate_of = models.ForeignKey(
         "self",
         null=True,
@@ -130,6 +207,14 @@ class RemovalJob(models.Model):
             ),
             models.Index(fields=["status", "updated_at"], name="ikbg_job_status_idx"),
         ]
+        constraints = [
+            # At most one live job per image: a newer request supersedes the older one first.
+            models.UniqueConstraint(
+                fields=["content_type", "object_id", "field_name"],
+                condition=models.Q(status__in=UNFINISHED),
+                name="ikbg_one_unfinished_job_per_image",
+            )
+        ]
 
     def __str__(self) -> str:
         target = f"{self.content_type.model} {self.object_id}.{self.field_name}"
@@ -148,7 +233,21 @@ class RemovalJob(models.Model):
         model = self.content_type.model_class()
         if model is None:
             return None
-        return model._default_manager.filter(pk=self.object_id).first()
+        return model._base_manager.filter(pk=self.object_id).first()
+
+
+class ContentClaim(models.Model):
+    """Which job pays for a given (image content, options): identical work is done once.
+
+    The unique key makes the choice race-free: of two identical jobs submitted at the same
+    instant, one inserts the claim and uploads, the other waits for its result."""
+
+    key = models.CharField(max_length=64, unique=True)
+    job = models.ForeignKey(RemovalJob, on_delete=models.CASCADE, related_name="+")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.key[:12]}… → job #{self.job_id}"
 
 
 class DeliveryVerdict(models.TextChoices):
@@ -184,3 +283,24 @@ class WebhookDelivery(models.Model):
     def __str__(self) -> str:
         when = f"{self.received_at:%Y-%m-%d %H:%M:%S}"
         return f"Delivery #{self.pk} at {when} ({self.verdict or 'open'})"
+
+
+class WebhookCount(models.Model):
+    """How many webhook requests ended a given way, per minute: refusals by reason, and repeats.
+
+    These requests are counted, not stored one by one: whoever floods the endpoint with bad
+    tokens, bad signatures or repeats costs at most one row per kind and minute."""
+
+    minute = models.DateTimeField()
+    kind = models.CharField(max_length=40)
+    count = models.PositiveIntegerField(default=0)
+    last_remote_addr = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-minute", "kind"]
+        constraints = [
+            models.UniqueConstraint(fields=["minute", "kind"], name="ikbg_webhook_count_minute")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.count} x {self.kind} at {self.minute:%Y-%m-%d %H:%M}"

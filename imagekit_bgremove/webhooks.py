@@ -1,28 +1,33 @@
 """The endpoint ImageKit calls when a remove-bg job finishes.
 
-One request, one :class:`~imagekit_bgremove.models.WebhookDelivery` row, committed before anything
-else happens, so that a delivery that later fails (a bug, a database hiccup) is still on record.
-Then, in this order:
+What it trusts: the signed token in the URL (issued by this site for one job) names the job;
+an ImageKit signature, when present or required, must verify. The body only says what happened:
+the result's bytes are later fetched from ImageKit's API, not from a URL in the body (see
+``services.finalize``).
 
-=====================================  ======  ==================================================
-check                                  status  verdict
-=====================================  ======  ==================================================
-not POST                               405     (nothing recorded)
-Content-Length / body over the cap     413     malformed
-token forged, altered or unreadable    403     unauthentic
-ImageKit signature wrong / stale /     401     unauthentic
+What it stores: a request that is refused, or that repeats a result already recorded, is only
+counted (``WebhookCount``: one row per kind and minute, however many requests), so a flood costs
+bounded storage. An authenticated callback that is acted upon gets a ``WebhookDelivery`` row,
+committed before processing so that a delivery that later fails is still on record.
+
+=====================================  ======  ===========================================
+check                                  status  kept
+=====================================  ======  ===========================================
+Content-Length / body over the cap     413     counted (body_too_large)
+token forged, altered or unreadable    403     counted (bad_token)
+ImageKit signature wrong / stale /     401     counted (signature_<reason>)
 missing when required
-body not JSON or not a JSON object     400     malformed
-``services.apply_callback`` refuses    400     malformed
-the payload (``CallbackError``)
-accepted, duplicate or ignored         200     accepted / duplicate / ignored
-anything unexpected (bug, DB error)    500     error (ImageKit retries for up to 24 h)
-=====================================  ======  ==================================================
+body not JSON (or nested too deep),    400     counted (malformed)
+not an object, not a remove-bg
+callback of the documented shape
+a result already recorded              200     counted (duplicate)
+accepted or ignored                    200     delivery row
+anything unexpected (bug, DB error)    500     delivery row (ImageKit retries for 24 h)
+=====================================  ======  ===========================================
 
 ImageKit treats anything other than exactly 200 as a failure and retries, so every callback we
 have dealt with (including ones we deliberately ignore) gets a 200, and only our own trouble gets
-a 5xx. The view never talks to the network: the service layer enqueues the slow work (copying the
-result into storage) as a task.
+a 5xx. The view never talks to the network: the slow work is a task.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import logging
 from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
-from django.db import connections, transaction
+from django.db import connections, router, transaction
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -44,7 +49,7 @@ from rest_framework.views import APIView
 
 from . import services, signatures, tokens
 from .conf import app_settings
-from .models import DeliveryVerdict, WebhookDelivery
+from .models import DeliveryVerdict, WebhookCount, WebhookDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -131,101 +136,95 @@ class ImageKitWebhookView(APIView):
 
     def post(self, request, token: str):
         django_request: HttpRequest = request._request
-        delivery = WebhookDelivery(
-            received_at=timezone.now(),
-            remote_addr=_remote_addr(django_request),
-            headers=_recorded_headers(django_request),
-        )
         limit = int(app_settings.WEBHOOK_MAX_BODY_BYTES)
         declared = _declared_length(django_request)
         if declared is not None and declared > limit:
-            # Refused unread: a flood of large bodies costs us nothing but this row.
-            delivery.body_size = min(declared, 2**31 - 1)
-            return self._answer_now(
-                delivery,
+            # Refused unread: a flood of large bodies costs us nothing but a count.
+            return self._refuse(
+                django_request,
                 413,
-                DeliveryVerdict.MALFORMED,
+                "body_too_large",
                 f"body of {declared} bytes is over the {limit}-byte limit",
             )
         try:
             body = _read_body(django_request, limit)
         except BodyTooLarge as exc:
-            delivery.body_size = limit + 1
-            return self._answer_now(delivery, 413, DeliveryVerdict.MALFORMED, str(exc))
-        delivery.body_size = len(body)
-        delivery.body = body[: STORED_BODY_CHARS * 4].decode("utf-8", "replace")[:STORED_BODY_CHARS]
+            return self._refuse(django_request, 413, "body_too_large", str(exc))
 
         # Authenticity first: the token we put in the webhookUrl, then ImageKit's signature.
         try:
             job_id = tokens.read_token(token)
         except tokens.InvalidToken as exc:
-            return self._answer_now(delivery, 403, DeliveryVerdict.UNAUTHENTIC, str(exc))
-        secrets = app_settings.webhook_secrets
+            return self._refuse(django_request, 403, "bad_token", str(exc))
         try:
             verified = signatures.verify_callback(
                 body,
                 django_request.headers,
-                secrets,
+                app_settings.webhook_secrets,
                 required=bool(app_settings.WEBHOOK_REQUIRE_SIGNATURE),
                 tolerance=float(app_settings.WEBHOOK_TOLERANCE_SECONDS),
             )
         except signatures.SignatureError as exc:
-            return self._answer_now(
-                delivery,
+            return self._refuse(
+                django_request,
                 401,
-                DeliveryVerdict.UNAUTHENTIC,
+                f"signature_{exc.reason}",
                 f"signature {exc.reason}: {exc.message}",
                 reason=exc.reason,
             )
-        if verified is not None:
-            delivery.signature_scheme = verified.scheme
-        elif signatures.has_signature(django_request.headers):
-            delivery.signature_scheme = "unchecked"  # signed, but no secret configured to check
 
         try:
             payload = json.loads(body)
-        except ValueError as exc:  # UnicodeDecodeError is a ValueError too
-            return self._answer_now(
-                delivery, 400, DeliveryVerdict.MALFORMED, f"body is not JSON: {exc}"
-            )
-        if not isinstance(payload, dict):
-            return self._answer_now(
-                delivery, 400, DeliveryVerdict.MALFORMED, "body is not a JSON object"
-            )
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            return self._refuse(django_request, 400, "malformed", f"body is not JSON: {reason}")
+        try:
+            callback = services.parse_callback(payload)
+        except services.CallbackError as exc:
+            return self._refuse(django_request, 400, "malformed", str(exc))
 
         # ImageKit repeats callbacks (it retries for 24 h): a repeat of a result that is already
-        # recorded is answered from one read, and recorded with its verdict in one write.
+        # recorded is answered from one read and counted, not stored.
         try:
             known = services.recorded_result_version(job_id, payload)
         except Exception:
             known = None  # database trouble: the full path below deals with it and records it
         if known is not None:
-            delivery.job_id = job_id
-            return self._answer_now(
-                delivery,
+            _count(django_request, "duplicate")
+            return _reply(
                 200,
                 DeliveryVerdict.DUPLICATE,
                 f"Result version {known} of job #{job_id} is already recorded.",
                 job=job_id,
             )
 
-        # From here on the payload is acted upon: commit the record first, so that it survives
-        # whatever processing does.
+        delivery = WebhookDelivery(
+            received_at=timezone.now(),
+            remote_addr=_remote_addr(django_request),
+            headers=_recorded_headers(django_request),
+            body=body[: STORED_BODY_CHARS * 4].decode("utf-8", "replace")[:STORED_BODY_CHARS],
+            body_size=len(body),
+            job_id=job_id,
+        )
+        if verified is not None:
+            delivery.signature_scheme = verified.scheme
+        elif signatures.has_signature(django_request.headers):
+            delivery.signature_scheme = "unchecked"  # signed, but no secret configured to check
+        # Acted upon from here: commit the record first, so it survives whatever processing does.
         try:
             delivery.save(force_insert=True)
         except Exception:
             logger.exception("could not record webhook delivery for job %s", job_id)
             return _reply(500, DeliveryVerdict.ERROR, "could not record the delivery; retry later")
-        return self._process(delivery, job_id, payload)
+        return self._process(delivery, job_id, callback, signed=verified is not None)
 
-    def _process(self, delivery: WebhookDelivery, job_id: int, payload: dict) -> JsonResponse:
+    def _process(
+        self, delivery: WebhookDelivery, job_id: int, callback: Any, *, signed: bool
+    ) -> JsonResponse:
         update: dict[str, Any]
         try:
-            # apply_callback runs in its own transaction, with the job row locked.
-            outcome = services.apply_callback(job_id, payload)
-        except services.CallbackError as exc:
-            status, verdict, message = 400, DeliveryVerdict.MALFORMED, str(exc)
-            update = {"outcome": message}
+            # The job row is locked while the callback is applied, in one transaction.
+            outcome = services.apply_parsed_callback(job_id, callback, signed=signed)
         except Exception as exc:
             logger.exception("webhook delivery %s for job %s failed", delivery.pk, job_id)
             status, verdict = 500, DeliveryVerdict.ERROR
@@ -244,22 +243,38 @@ class ImageKitWebhookView(APIView):
         extra = {"job": job_id} if status == 200 else {}
         return _reply(status, verdict, message, **extra)
 
-    def _answer_now(
-        self, delivery: WebhookDelivery, status: int, verdict: str, message: str, **extra: Any
+    def _refuse(
+        self, request: HttpRequest, status: int, kind: str, message: str, **extra: Any
     ) -> JsonResponse:
-        """Answer without processing (a refusal, or a known repeat), recorded in one INSERT."""
-        delivery.verdict = verdict
-        delivery.status_code = status
-        delivery.outcome = message
-        try:
-            delivery.save(force_insert=True)
-        except Exception:
-            logger.exception("could not record webhook delivery (%s %s)", status, message)
-            if status == 200:
-                return _reply(500, DeliveryVerdict.ERROR, "could not record the delivery")
-        if status >= 400:
-            logger.info("webhook delivery refused with %s: %s", status, message)
+        """Answer a refusal: counted, never stored, and nothing in it acted upon."""
+        _count(request, kind)
+        logger.info("webhook request refused with %s: %s", status, message)
+        verdict = DeliveryVerdict.UNAUTHENTIC if status in (401, 403) else DeliveryVerdict.MALFORMED
         return _reply(status, verdict, message, **extra)
+
+
+def _count(request: HttpRequest, kind: str) -> None:
+    """Add one to this minute's count of ``kind`` in one statement (an upsert, on SQLite and
+    PostgreSQL alike); never raises: a count is not worth a 500."""
+    minute = timezone.now().replace(second=0, microsecond=0)
+    table = WebhookCount._meta.db_table
+    try:
+        connection = connections[router.db_for_write(WebhookCount)]
+        quote = connection.ops.quote_name
+        t, minute_col, kind_col, count_col, addr_col = map(
+            quote, (table, "minute", "kind", "count", "last_remote_addr")
+        )
+        # Only our own table and column names are formatted in, quoted by the backend.
+        sql = (
+            f"INSERT INTO {t} ({minute_col}, {kind_col}, {count_col}, {addr_col}) "  # noqa: S608
+            f"VALUES (%s, %s, 1, %s) ON CONFLICT ({minute_col}, {kind_col}) DO UPDATE SET "
+            f"{count_col} = {t}.{count_col} + 1, {addr_col} = excluded.{addr_col}"
+        )
+        minute_value = WebhookCount._meta.get_field("minute").get_db_prep_value(minute, connection)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [minute_value, kind, _remote_addr(request)])
+    except Exception:
+        logger.exception("could not count a webhook request (%s)", kind)
 
 
 def _build_view():

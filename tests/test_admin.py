@@ -54,9 +54,10 @@ def png_bytes() -> bytes:
 
 
 def make_product(name: str) -> Product:
+    """A product with an image and no removal job yet (bulk_create sends no save signals)."""
     product = Product(name=name)
     product.photo.save(f"{name}.png", ContentFile(png_bytes()), save=False)
-    product.save()
+    [product] = Product.objects.bulk_create([product])
     return product
 
 
@@ -106,7 +107,7 @@ def test_change_form_preview(client, staff):
     product = make_product("mug")
     job = job_for(product, point=True, status=JobStatus.PENDING)
     html = client.get(f"{CHANGELIST}{product.pk}/change/").content.decode()
-    assert "Pending at ImageKit" in html
+    assert "Processing at ImageKit" in html
     assert "working…" in html
     assert f'data-ikbg-poll="/imagekit-bgremove/api/removals/{job.pk}/"' in html
     assert product.photo.url in html

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from datetime import timedelta
 
 import pytest
@@ -12,6 +13,7 @@ from PIL import Image
 
 from imagekit_bgremove import services
 from imagekit_bgremove.models import JobStatus, RemovalJob
+from imagekit_bgremove.services import reconciliation, submission
 from imagekit_bgremove.signals import removal_failed, removal_succeeded
 from tests.conftest import make_image, set_faults, wait_for
 from tests.testapp.models import Product
@@ -82,7 +84,7 @@ def test_success_copies_the_result_next_to_the_untouched_original(
     assert job.status == JobStatus.SUCCEEDED
     assert job.result_version_id == payload["fileObject"]["versionInfo"]["id"]
     assert job.result_url == payload["fileObject"]["url"]
-    assert job.result_name == f"products/shoe_nobg_{job.pk}.png"
+    assert re.fullmatch(rf"products/shoe_nobg_{job.pk}_[0-9a-f]{{8}}\.png", job.result_name)
 
     fresh = Product.objects.select_related("photo_removal").get(pk=product.pk)
     assert fresh.photo.removal_status == "succeeded"
@@ -143,19 +145,17 @@ def test_callback_before_the_file_id_is_stored_still_matches(emulator, run_on_co
     job = RemovalJob.objects.get(pk=product.photo.removal.pk)
     payload = callback_payload(emulator, job)
     file_id = job.file_id
-    # As if ImageKit answered faster than our worker's write.
-    RemovalJob.objects.filter(pk=job.pk).update(status=JobStatus.SUBMITTING, file_id="")
+    # As if ImageKit answered faster than our worker's write: the worker holds lease 7.
+    RemovalJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.SUBMITTING, file_id="", lease_token=7
+    )
     with run_on_commit():
         assert services.apply_callback(job.pk, payload).verdict == "accepted"
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED and job.file_id == file_id
-    # The submit task finishing afterwards only records the file fields.
-    assert (
-        services._record_submission(
-            job, {"fileId": file_id, "filePath": "/x.png", "versionInfo": {"id": "v"}}
-        )
-        == "recorded"
-    )
+    # The submit task finishing afterwards cannot move the job; it only records the file fields.
+    response = {"fileId": file_id, "filePath": "/x.png", "versionInfo": {"id": "v"}}
+    assert submission._record_submission(job, 7, response) == "recorded"
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED
 
@@ -191,13 +191,13 @@ def test_duplicate_job_settles_with_its_original(emulator, run_on_commit):
     second, _ = submitted_product(run_on_commit, "two.png", seed=11)
     job1 = RemovalJob.objects.get(pk=first.photo.removal.pk)
     job2 = RemovalJob.objects.get(pk=second.photo.removal.pk)
-    assert job2.duplicate_of_id == job1.pk and job2.status == JobStatus.PENDING
+    assert job2.duplicate_of_id == job1.pk and job2.status == JobStatus.WAITING
     with run_on_commit():
         services.apply_callback(job1.pk, callback_payload(emulator, job1))
     job1.refresh_from_db()
     job2.refresh_from_db()
     assert job1.status == job2.status == JobStatus.SUCCEEDED
-    assert job2.result_name == f"products/two_nobg_{job2.pk}.png"
+    assert job2.result_name.startswith(f"products/two_nobg_{job2.pk}_")
     assert default_storage.exists(job2.result_name)
     # A third identical image reuses the succeeded result at once.
     third, _ = submitted_product(run_on_commit, "three.png", seed=11)
@@ -209,7 +209,6 @@ def test_duplicate_job_settles_with_its_original(emulator, run_on_commit):
 def test_unconfirmed_original_fails_its_waiting_duplicate_at_once(
     emulator, settings, run_on_commit, received
 ):
-    settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "WEBHOOK_CONFIRM_WITH_API": True}
     first, _ = submitted_product(run_on_commit, "one.png", seed=12)
     second, _ = submitted_product(run_on_commit, "two.png", seed=12)
     job1 = RemovalJob.objects.get(pk=first.photo.removal.pk)
@@ -217,9 +216,8 @@ def test_unconfirmed_original_fails_its_waiting_duplicate_at_once(
     assert job2.duplicate_of_id == job1.pk
     apply_forged_version(emulator, run_on_commit, job1)
     job2.refresh_from_db()
-    # Not left pending until reconcile's deadline: it shares its original's fate and reason.
+    # Not left waiting until reconcile's deadline: it shares its original's fate.
     assert job2.status == JobStatus.FAILED and job2.error_code == "result_unconfirmed"
-    assert f"job #{job1.pk}" in job2.error_message
     assert sorted(r[:2] for r in received) == [("failed", job1.pk), ("failed", job2.pk)]
 
 
@@ -231,7 +229,7 @@ def test_duplicate_waiting_on_a_superseded_original_is_sent_on_its_own(
     second, _ = submitted_product(run_on_commit, "two.png", seed=13)
     job1 = RemovalJob.objects.get(pk=first.photo.removal.pk)
     job2 = RemovalJob.objects.get(pk=second.photo.removal.pk)
-    assert job2.duplicate_of_id == job1.pk and job2.status == JobStatus.PENDING
+    assert job2.duplicate_of_id == job1.pk and job2.status == JobStatus.WAITING
     # The first product gets another image before its result came: its job is superseded, and
     # the result it would have shared is ignored when it arrives.
     with run_on_commit():
@@ -239,10 +237,8 @@ def test_duplicate_waiting_on_a_superseded_original_is_sent_on_its_own(
         first.save()
     job1.refresh_from_db()
     assert job1.status == JobStatus.SUPERSEDED
-    with run_on_commit():
-        summary = services.reconcile()
-    assert summary["duplicates_settled"] == 1
-    # Nothing is wrong with the second product's image: it is sent on its own, not failed.
+    # Nothing is wrong with the second product's image: it is sent on its own at once (not
+    # when reconcile next runs), and not failed.
     job2.refresh_from_db()
     assert job2.status == JobStatus.PENDING, job2.error_message
     assert job2.duplicate_of_id is None and job2.file_id and job2.file_id != job1.file_id
@@ -253,15 +249,16 @@ def test_duplicate_waiting_on_a_superseded_original_is_sent_on_its_own(
     assert ("failed", job2.pk) not in [r[:2] for r in received]
 
 
-def test_result_too_large_still_succeeds_without_copy(emulator, settings, run_on_commit):
+def test_result_too_large_fails_and_says_where_it_is(emulator, settings, run_on_commit):
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "RESULT_MAX_BYTES": 10}
     product, _ = submitted_product(run_on_commit)
     job = RemovalJob.objects.get(pk=product.photo.removal.pk)
     with run_on_commit():
         services.apply_callback(job.pk, callback_payload(emulator, job))
     job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED and job.error_code == "result_not_copied"
-    assert "RESULT_MAX_BYTES" in job.error_message and not job.result_name
+    assert job.status == JobStatus.FAILED and job.error_code == "result_too_large"
+    assert "RESULT_MAX_BYTES" in job.error_message and job.result_url in job.error_message
+    assert not job.result_name
     assert Product.objects.get(pk=product.pk).photo.result_file is None
 
 
@@ -277,7 +274,7 @@ def test_result_never_takes_the_originals_name(emulator, settings, run_on_commit
         services.apply_callback(job.pk, callback_payload(emulator, job))
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED and job.error_code == ""
-    assert job.result_name == f"products/item_{job.pk}_{job.pk}.png"
+    assert re.fullmatch(rf"products/item_{job.pk}_{job.pk}_[0-9a-f]{{8}}\.png", job.result_name)
     with default_storage.open(source, "rb") as fh:
         assert fh.read() == original
 
@@ -287,9 +284,8 @@ def test_a_check_finding_the_job_superseded_meanwhile_changes_nothing(emulator, 
     emulator.wait_idle(20)  # ImageKit has the result
     listed = RemovalJob.objects.get(pk=product.photo.removal.pk)  # read by reconcile as pending
     RemovalJob.objects.filter(pk=listed.pk).update(status=JobStatus.SUPERSEDED)
-    deadline = timezone.now() - timedelta(days=1)
     with run_on_commit():
-        assert services._ask_imagekit(listed, deadline) == "unchanged"
+        assert reconciliation.settle_pending(listed, timezone.now()) == "unchanged"
     listed.refresh_from_db()
     assert listed.status == JobStatus.SUPERSEDED and not listed.result_url
 
@@ -399,7 +395,6 @@ def test_full_loop_over_http(live_emulator, received):
 
 
 def test_confirm_with_api_checks_the_version_exists(emulator, settings, run_on_commit):
-    settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "WEBHOOK_CONFIRM_WITH_API": True}
     product, _ = submitted_product(run_on_commit)
     job = RemovalJob.objects.get(pk=product.photo.removal.pk)
     apply_forged_version(emulator, run_on_commit, job)
@@ -414,24 +409,35 @@ def test_confirm_with_api_checks_the_version_exists(emulator, settings, run_on_c
     assert job.status == JobStatus.SUCCEEDED and job.result_name
 
 
-def test_transient_copy_failure_is_retried_then_given_up(emulator, settings, run_on_commit):
-    settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "TASK_MAX_ATTEMPTS": 2}
+def test_transient_copy_failure_is_retried_then_given_up(
+    emulator, settings, run_on_commit, httpserver
+):
+    # A delivery host that is allowed but answers 503: copying is retried, then given up.
+    httpserver.expect_request("/result.png").respond_with_data("busy", status=503)
+    host = f"127.0.0.1:{httpserver.port}"
+    settings.IMAGEKIT_BGREMOVE = {
+        **settings.IMAGEKIT_BGREMOVE,
+        "TASK_MAX_ATTEMPTS": 2,
+        "TASK_RETRY_DELAY": 60,
+        "WEBHOOK_CONFIRM_WITH_API": False,
+        "RESULT_HOSTS": [host],
+    }
     product, _ = submitted_product(run_on_commit)
     job = RemovalJob.objects.get(pk=product.photo.removal.pk)
     payload = callback_payload(emulator, job)
-    unreachable = {
+    unavailable = {
         **payload,
-        "fileObject": {**payload["fileObject"], "url": "http://127.0.0.1:9/result.png"},
+        "fileObject": {**payload["fileObject"], "url": f"http://{host}/result.png"},
     }
     with run_on_commit():
-        services.apply_callback(job.pk, unreachable)
+        services.apply_callback(job.pk, unavailable)
     job.refresh_from_db()
-    assert job.status == JobStatus.PENDING and job.error_details == {"finalize_attempts": 1}
-    assert "deliver the result" in job.error_message
-    # reconcile queues finalize again; the second failure gives up copying (ImageKit has it).
+    assert job.status == JobStatus.RECEIVED and job.finalize_attempts == 1
+    assert "deliver the result" in job.error_message and job.next_attempt_at
+    # reconcile queues finalize again once it is due; the second failure gives up.
     with run_on_commit():
         summary = services.reconcile(now=timezone.now() + timedelta(hours=1))
     assert summary["finalize_requeued"] == 1
     job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED and job.error_code == "result_not_copied"
+    assert job.status == JobStatus.FAILED and "Gave up storing the result" in job.error_message
     assert not job.result_name

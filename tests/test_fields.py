@@ -151,13 +151,15 @@ def test_list_with_removal_status_has_no_n_plus_one(
     with run_on_commit():
         for n in range(5):
             Product.objects.create(name=f"p{n}", photo=make_image(f"p{n}.png", seed=n))
-    RemovalJob.objects.filter(pk=RemovalJob.objects.order_by("pk").first().pk).update(
+    first = RemovalJob.objects.order_by("pk").first()
+    RemovalJob.objects.filter(pk=first.pk).update(
         status=JobStatus.SUCCEEDED, result_url="https://ik.example/x.png", result_name="x.png"
     )
+    Product.objects.filter(photo_removal=first).update(photo_result=first)
     with django_assert_num_queries(1):
         rows = [
             (p.photo.removal_status, p.photo.result_url)
-            for p in Product.objects.select_related("photo_removal").order_by("pk")
+            for p in Product.objects.select_related("photo_removal", "photo_result").order_by("pk")
         ]
     assert rows[0] == ("succeeded", "https://ik.example/x.png")
     assert rows[1:] == [("queued", None)] * 4

@@ -135,6 +135,7 @@ def test_real_account_falls_back_to_polling(settings, tmp_path, monkeypatch):
             "PRIVATE_KEY": EMULATOR_PRIVATE_KEY,
             "UPLOAD_BASE_URL": ik.url,
             "API_BASE_URL": ik.url,
+            "URL_ENDPOINT": ik.url_endpoint,  # where results may be downloaded from
         }
         output = tmp_path / "polled.png"
         text = run(

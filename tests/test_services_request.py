@@ -135,7 +135,7 @@ def test_identical_image_and_options_are_not_paid_twice(emulator, run_on_commit)
     other = create_product(run_on_commit, "c.png", seed=8)
     job1, job2 = first.photo.removal, second.photo.removal
     job2.refresh_from_db()
-    assert job2.status == JobStatus.PENDING and job2.duplicate_of_id == job1.pk
+    assert job2.status == JobStatus.WAITING and job2.duplicate_of_id == job1.pk
     assert not job2.file_id
     assert len(uploads(emulator)) == 2  # first and other
     assert other.photo.removal.duplicate_of_id is None

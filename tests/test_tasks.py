@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
-from imagekit_bgremove import tasks
+from imagekit_bgremove import queueing, tasks
 from imagekit_bgremove.compat import InvalidTaskBackend, task_backends
 from imagekit_bgremove.models import JobStatus, RemovalJob
 from tests.conftest import make_image, task_backend
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -46,20 +51,50 @@ def test_enqueue_uses_the_configured_backend_and_queue(two_backends, run_on_comm
 
 def test_run_after_defers_where_supported_and_is_dropped_elsewhere(two_backends, settings):
     when = timezone.now() + timedelta(minutes=5)
-    deferred = tasks.enqueue(tasks.reconcile_removals, run_after=when)
+    deferred = queueing.enqueue(queueing.RECONCILE, run_after=when)
     assert deferred.task.run_after == when
     settings.IMAGEKIT_BGREMOVE = {
         **settings.IMAGEKIT_BGREMOVE,
         "TASK_BACKEND": "default",
         "TASK_QUEUE": "default",
     }
-    assert tasks.enqueue(tasks.reconcile_removals, run_after=when) is None
+    assert queueing.enqueue(queueing.RECONCILE, run_after=when) is None
 
 
 def test_unknown_backend_raises_from_enqueue(settings):
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "TASK_BACKEND": "nowhere"}
     with pytest.raises(InvalidTaskBackend):
-        tasks.enqueue(tasks.reconcile_removals)
+        queueing.enqueue(queueing.RECONCILE)
+
+
+def test_a_task_backend_without_a_default_alias_works():
+    """TASK_BACKEND naming the only configured backend (no "default"): importing the app and
+    enqueueing must work. Run in a fresh interpreter, since the tasks are defined at import."""
+    script = textwrap.dedent(
+        """
+        import django
+        from django.conf import settings
+        settings.configure(
+            INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth",
+                            "imagekit_bgremove"],
+            DATABASES={{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}}},
+            TASKS={{"work": {{"BACKEND": "{}"}}}},
+            IMAGEKIT_BGREMOVE={{"TASK_BACKEND": "work", "EMULATOR_AUTOSTART": False}},
+            USE_TZ=True,
+        )
+        django.setup()
+        from imagekit_bgremove import queueing, tasks
+        from imagekit_bgremove.compat import task_backends
+        assert tasks.submit_removal.backend == "work", tasks.submit_removal.backend
+        queueing.enqueue(queueing.RECONCILE)
+        print(len(task_backends["work"].results))
+        """.format(task_backend("dummy.DummyBackend"))
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
 
 
 def test_tasks_are_safe_to_run_twice(dummy_tasks, run_on_commit):
@@ -112,7 +147,11 @@ print(job.status, bool(job.file_id), DBTaskResult.objects.filter(queue_name="rem
 """
 
 CHECK = """
+import subprocess
+import sys
+import textwrap
 from datetime import timedelta
+from pathlib import Path
 from imagekit_bgremove.models import RemovalJob
 from django_tasks_db.models import DBTaskResult
 job = RemovalJob.objects.get()

@@ -64,3 +64,16 @@ class Article(models.Model):
 
     def __str__(self) -> str:
         return f"Article {self.pk}"
+
+
+class ProductProxy(Product):
+    """A proxy shares its concrete model's jobs."""
+
+    class Meta:
+        proxy = True
+
+
+class FeaturedProduct(Product):
+    """A multi-table child: its image lives in Product's table, so do its jobs."""
+
+    headline = models.CharField(max_length=100, blank=True)

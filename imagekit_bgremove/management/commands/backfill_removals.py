@@ -1,8 +1,7 @@
 """Request background removals for existing rows, streaming in primary-key batches.
 
 Memory stays bounded (one batch of ids and names at a time) and every batch costs the same
-number of queries: one SELECT of the batch, one INSERT of its jobs, one UPDATE superseding older
-unfinished jobs, one UPDATE of the ``<field>_removal`` pointers, plus one enqueue per job.
+number of queries (see ``services.request_batch``), plus one enqueue per job.
 """
 
 from __future__ import annotations
@@ -10,15 +9,13 @@ from __future__ import annotations
 import time
 
 from django.apps import apps
-from django.contrib.contenttypes.models import ContentType
 from django.core.management.base import BaseCommand, CommandError
-from django.db import models, transaction
-from django.db.models import Case, OuterRef, Q, Subquery, When
-from django.utils import timezone
+from django.db import models
+from django.db.models import Q
 
 from imagekit_bgremove import services
 from imagekit_bgremove.fields import BackgroundRemovalImageField
-from imagekit_bgremove.models import UNFINISHED, JobStatus, RemovalJob, Trigger
+from imagekit_bgremove.models import JobStatus, Trigger
 from imagekit_bgremove.options import OptionsError, RemoveBgOptions
 
 
@@ -116,9 +113,7 @@ def backfill(
                 }
             )
         )
-    content_type = ContentType.objects.get_for_model(model, for_concrete_model=False)
     pk_name = model._meta.pk.attname
-    stored_options = options.to_dict()
     done = batches = 0
     last_pk = None
     while limit is None or done < limit:
@@ -133,80 +128,9 @@ def backfill(
         batches += 1
         done += len(batch)
         if not dry_run:
-            _request_batch(model, content_type, name, pointer, batch, stored_options, force)
+            services.request_batch(
+                model, field, batch, options=options, force=force, trigger=Trigger.COMMAND
+            )
         if progress is not None:
             progress(done, batches)
     return {"requested": done, "batches": batches, "seconds": time.monotonic() - started}
-
-
-def _request_batch(model, content_type, name, pointer, batch, stored_options, force) -> None:
-    now = timezone.now()
-    with transaction.atomic():
-        jobs = RemovalJob.objects.bulk_create(
-            [
-                RemovalJob(
-                    content_type=content_type,
-                    object_id=str(pk),
-                    field_name=name,
-                    status=JobStatus.QUEUED,
-                    options=stored_options,
-                    force=force,
-                    trigger=Trigger.COMMAND,
-                    source_name=source,
-                    created_at=now,
-                    updated_at=now,
-                )
-                for pk, source in batch
-            ]
-        )
-        if any(job.pk is None for job in jobs):  # a backend that cannot return ids
-            object_ids = [str(pk) for pk, _ in batch]
-            by_object = dict(
-                RemovalJob.objects.filter(
-                    content_type=content_type,
-                    field_name=name,
-                    object_id__in=object_ids,
-                    created_at=now,
-                    trigger=Trigger.COMMAND,
-                ).values_list("object_id", "pk")
-            )
-            for job in jobs:
-                job.pk = by_object[job.object_id]
-        first_new = min(job.pk for job in jobs)
-        object_ids = [job.object_id for job in jobs]
-        RemovalJob.objects.filter(
-            content_type=content_type,
-            field_name=name,
-            object_id__in=object_ids,
-            status__in=UNFINISHED,
-            pk__lt=first_new,
-        ).update(
-            status=JobStatus.SUPERSEDED,
-            updated_at=now,
-            finished_at=now,
-            superseded_by=Subquery(
-                RemovalJob.objects.filter(
-                    content_type=content_type,
-                    field_name=name,
-                    object_id=OuterRef("object_id"),
-                    pk__gte=first_new,
-                )
-                .order_by("-pk")
-                .values("pk")[:1]
-            ),
-        )
-        model._base_manager.filter(pk__in=[pk for pk, _ in batch]).update(
-            **{
-                pointer: Case(
-                    *[When(pk=pk, then=job.pk) for (pk, _), job in zip(batch, jobs, strict=True)],
-                    output_field=models.BigIntegerField(),
-                )
-            }
-        )
-        job_ids = [job.pk for job in jobs]
-        transaction.on_commit(lambda: _enqueue_all(job_ids), robust=True)
-
-
-def _enqueue_all(job_ids: list[int]) -> None:
-    for job_id in job_ids:
-        services.enqueue_submit(job_id)

@@ -29,35 +29,17 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from imagekit_bgremove import services, signatures
+from imagekit_bgremove import signatures
+from imagekit_bgremove.callback import CallbackError, RemoteFile, extension_status, parse_callback
 from imagekit_bgremove.conf import app_settings
 from imagekit_bgremove.exceptions import ImageKitError
-from imagekit_bgremove.options import EXTENSION_NAME, OptionsError, RemoveBgOptions
+from imagekit_bgremove.images import sniff_image
+from imagekit_bgremove.options import OptionsError, RemoveBgOptions
+from imagekit_bgremove.services import remote
+from imagekit_bgremove.services.finalization import ResultRefused, fetch_result
 
 MAX_CALLBACK_BYTES = 1024 * 1024
 POLL_INTERVAL = 3.0
-
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-)
-
-
-def sniff_image(head: bytes) -> str | None:
-    """The image format of a file starting with ``head``, or None if it is not one we know."""
-    for magic, name in _MAGIC:
-        if head.startswith(magic):
-            return name
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[4:12] in (b"ftypavif", b"ftypheic", b"ftypmif1"):
-        return "avif"
-    return None
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
@@ -257,7 +239,7 @@ class Command(BaseCommand):
             except ImageKitError as exc:
                 raise CommandError(f"Upload failed: {exc}") from exc
             file_id = str(uploaded.get("fileId") or "")
-            state = str((uploaded.get("extensionStatus") or {}).get(EXTENSION_NAME) or "")
+            state = extension_status(uploaded)
             if state == "failed":
                 raise CommandError(
                     f"ImageKit refused to run remove-bg on {source.name} (fileId {file_id}); "
@@ -265,13 +247,12 @@ class Command(BaseCommand):
                 )
             self.say(f"pending at ImageKit (fileId {file_id})")
             version = str((uploaded.get("versionInfo") or {}).get("id") or "")
-            file_object = self._wait(client, listener, file_id, version, timeout)
-        self.say(f"result received (version {(file_object.get('versionInfo') or {}).get('id')})")
+            poll = state == "success" or not app_settings.emulator_mode
+            result = self._wait(listener, file_id, version, timeout, poll=poll)
+        self.say(f"result received (version {result.version_id or '?'})")
         try:
-            content, _media_type = client.download(
-                str(file_object["url"]), max_bytes=int(app_settings.RESULT_MAX_BYTES)
-            )
-        except (ImageKitError, ValueError) as exc:
+            content, _fmt = fetch_result(result.url)
+        except (ImageKitError, ResultRefused) as exc:
             raise CommandError(f"Downloading the result failed: {exc}") from exc
         try:
             png = as_png(content)
@@ -321,12 +302,19 @@ class Command(BaseCommand):
             raise CommandError(f"Invalid options: {exc}") from exc
 
     def _wait(
-        self, client, listener: CallbackListener, file_id: str, version: str, timeout: float
-    ) -> dict[str, Any]:
-        """The result's file details, from the callback or (real account) by polling."""
+        self,
+        listener: CallbackListener,
+        file_id: str,
+        version: str,
+        timeout: float,
+        *,
+        poll: bool,
+    ) -> RemoteFile:
+        """The result, from the callback or (a real account, which cannot reach this machine's
+        listener) by asking ImageKit for a new version of the file."""
         deadline = time.monotonic() + timeout
-        poll = not app_settings.emulator_mode and bool(file_id)
-        next_poll = time.monotonic() + POLL_INTERVAL
+        poll = poll and bool(file_id)
+        next_poll = time.monotonic() + (0 if poll else POLL_INTERVAL)
         while True:
             while not listener.problems.empty():
                 self.stderr.write(listener.problems.get_nowait())
@@ -349,30 +337,23 @@ class Command(BaseCommand):
             if poll and time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + POLL_INTERVAL
                 try:
-                    details = client.get_file_details(file_id)
+                    found = remote.find_new_version(file_id, version)
                 except ImageKitError as exc:
                     if not exc.retryable:
                         raise CommandError(f"Checking the file failed: {exc}") from exc
                     continue
-                current = str((details.get("versionInfo") or {}).get("id") or "")
-                if current and current != version and details.get("url"):
-                    return details
+                if found is not None:
+                    return found
 
-    def _from_callback(self, payload: dict[str, Any], file_id: str) -> dict[str, Any] | None:
-        if payload.get("service") != EXTENSION_NAME:
-            self.stderr.write(f"ignoring a callback for {payload.get('service')!r}")
+    def _from_callback(self, payload: Any, file_id: str) -> RemoteFile | None:
+        try:
+            callback = parse_callback(payload)
+        except CallbackError as exc:
+            self.stderr.write(f"ignoring a callback: {exc}")
             return None
-        status = str(payload.get("status") or "").upper()
-        if status == "FAILURE":
-            raise CommandError(
-                "ImageKit could not remove the background: "
-                + services.failure_reason(payload.get("error"))
-            )
-        file_object = payload.get("fileObject")
-        if status != "SUCCESS" or not isinstance(file_object, dict) or not file_object.get("url"):
-            self.stderr.write(f"ignoring a callback of unexpected shape (status {status!r})")
-            return None
-        if file_id and file_object.get("fileId") not in (None, file_id):
-            self.stderr.write(f"ignoring a callback about another file ({file_object['fileId']})")
-            return None
-        return file_object
+        if not callback.succeeded:
+            raise CommandError(f"ImageKit could not remove the background: {callback.reason}")
+        assert callback.result is not None
+        if file_id and callback.result.file_id != file_id:
+            self.stderr.write(f"note: the result is another file ({callback.result.file_id})")
+        return callback.result

@@ -1,0 +1,187 @@
+"""Stage 3: a result or a failure arrives, from ImageKit's callback or from asking ImageKit.
+
+Whatever the source, a result moves the job to ``received`` (the copy into storage is the
+finalize task's work) and a failure to ``failed``; repeats change nothing. The job row is locked
+while the decision is made, so a callback and a check arriving together settle the job once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+
+from .. import lifecycle, queueing
+from ..callback import Callback, RemoteFile, parse_callback
+from ..conf import app_settings
+from ..models import JobStatus, RemovalJob
+
+#: States a result may arrive in. ``queued``: a submission whose answer was lost took effect.
+#: ``failed`` is added when the result can be trusted (see ``_accept_result``).
+RESULT_SOURCES = (
+    JobStatus.QUEUED,
+    JobStatus.SUBMITTING,
+    JobStatus.PENDING,
+    JobStatus.RECEIVED,
+)
+FAILURE_SOURCES = (JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.PENDING)
+_OPTION_WORDS = re.compile(r"bg_colou?r|bg_image_url|add_shadow|semitransparency|option", re.I)
+
+
+@dataclass
+class CallbackOutcome:
+    verdict: str  # "accepted", "duplicate" or "ignored"
+    message: str
+    job: RemovalJob | None = None
+
+
+def _same_result(job: RemovalJob, result: RemoteFile) -> bool:
+    recorded_file = job.result_file_id or job.file_id
+    if not job.result_url or recorded_file != result.file_id:
+        return False
+    if result.version_id or job.result_version_id:
+        return job.result_version_id == result.version_id
+    return job.result_url == result.url
+
+
+def recorded_result_version(job_id: int, payload: Any) -> str | None:
+    """The result's version id when ``payload`` is a SUCCESS callback whose result job
+    ``job_id`` has already recorded, else None.
+
+    A read-only shortcut for repeated callbacks (ImageKit retries for a day): ``apply_callback``
+    would answer "duplicate" for these without changing anything."""
+    try:
+        callback = parse_callback(payload)
+    except ValueError:
+        return None
+    if not callback.succeeded or callback.result is None:
+        return None
+    job = (
+        RemovalJob.objects.filter(pk=job_id)
+        .order_by()  # one row by primary key: no ORDER BY (which .first() would add)
+        .only("status", "file_id", "result_file_id", "result_version_id", "result_url")[:1]
+    )
+    found = next(iter(job), None)
+    if found is None or found.status not in (JobStatus.RECEIVED, JobStatus.SUCCEEDED):
+        return None
+    return (callback.result.version_id or "?") if _same_result(found, callback.result) else None
+
+
+def apply_callback(job_id: int, payload: Any, *, signed: bool = False) -> CallbackOutcome:
+    """Apply ImageKit's callback for job ``job_id`` (the id comes from the verified token).
+    ``signed``: the body carried a valid ImageKit signature. Raises CallbackError for a body
+    that is not a remove-bg callback."""
+    return apply_parsed_callback(job_id, parse_callback(payload), signed=signed)
+
+
+def apply_parsed_callback(job_id: int, callback: Callback, *, signed: bool) -> CallbackOutcome:
+    return _apply(job_id, callback, trusted=signed, source="callback")
+
+
+def apply_result(job_id: int, result: RemoteFile, *, source: str) -> CallbackOutcome:
+    """Record ``result``, read from ImageKit's API (so trusted), as job ``job_id``'s result."""
+    callback = Callback(succeeded=True, file_id=result.file_id, result=result)
+    return _apply(job_id, callback, trusted=True, source=source)
+
+
+def _apply(job_id: int, callback: Callback, *, trusted: bool, source: str) -> CallbackOutcome:
+    with transaction.atomic():
+        job = RemovalJob.objects.select_for_update().filter(pk=job_id).first()
+        if job is None:
+            return CallbackOutcome("ignored", f"Job #{job_id} does not exist (deleted?).")
+        if job.status in (JobStatus.SUPERSEDED, JobStatus.CANCELLED, JobStatus.WAITING):
+            return CallbackOutcome(
+                "ignored", f"Job #{job.pk} is {job.status}; the {source} is ignored.", job
+            )
+        if callback.succeeded:
+            assert callback.result is not None
+            return _accept_result(job, callback.result, trusted=trusted, source=source)
+        return _accept_failure(job, callback)
+
+
+def _accept_result(
+    job: RemovalJob, result: RemoteFile, *, trusted: bool, source: str
+) -> CallbackOutcome:
+    if _same_result(job, result):
+        return CallbackOutcome(
+            "duplicate",
+            f"Result version {result.version_id or '?'} of job #{job.pk} is already recorded.",
+            job,
+        )
+    if job.status == JobStatus.SUCCEEDED:
+        return CallbackOutcome(
+            "ignored", f"Job #{job.pk} has already succeeded; another result is ignored.", job
+        )
+    sources = list(RESULT_SOURCES)
+    if job.status == JobStatus.FAILED:
+        # A result after a failure happens (ImageKit's retries reorder, or the deadline was
+        # reached first), but an unsigned body alone must not overturn a failure: it needs a
+        # signature, or the API check that finalize makes when WEBHOOK_CONFIRM_WITH_API is on.
+        if not (trusted or app_settings.WEBHOOK_CONFIRM_WITH_API):
+            return CallbackOutcome(
+                "ignored",
+                f"Job #{job.pk} has failed; an unsigned SUCCESS does not overturn that.",
+                job,
+            )
+        sources.append(JobStatus.FAILED)
+    changes: dict[str, Any] = result.job_fields()
+    if not job.file_id:
+        changes["file_id"] = result.file_id
+    if result.file_path and not job.file_path:
+        changes["file_path"] = result.file_path
+    moved = RemovalJob.objects.transition(
+        job.pk,
+        sources,
+        JobStatus.RECEIVED,
+        submission_uncertain=False,
+        next_attempt_at=None,
+        finalize_attempts=0,
+        error_code="",
+        error_message="",
+        error_details=None,
+        finished_at=None,
+        **changes,
+    )
+    if not moved:
+        return CallbackOutcome("ignored", f"Job #{job.pk} is no longer waiting for a result.", job)
+    queueing.enqueue_on_commit(queueing.FINALIZE, job.pk)
+    lifecycle.settle_waiters(job.pk)
+    job.refresh_from_db()
+    return CallbackOutcome(
+        "accepted",
+        f"Result version {result.version_id or '?'} recorded for job #{job.pk} ({source}).",
+        job,
+    )
+
+
+def failure_message(reason: str) -> str:
+    """What a person should read when ImageKit could not remove the background, with advice
+    that fits the reason: options that remove.bg refused need changing, not retrying."""
+    text = f"ImageKit could not remove the background: {reason.rstrip('.')}."
+    if _OPTION_WORDS.search(reason):
+        return f"{text} Change the remove-bg options and request the removal again."
+    return f"{text} Try another image, or retry if the problem was temporary."
+
+
+def _accept_failure(job: RemovalJob, callback: Callback) -> CallbackOutcome:
+    if job.status in (JobStatus.RECEIVED, JobStatus.SUCCEEDED):
+        return CallbackOutcome(
+            "ignored", f"FAILURE after a SUCCESS of job #{job.pk} is ignored.", job
+        )
+    if job.status == JobStatus.FAILED:
+        return CallbackOutcome("duplicate", f"Job #{job.pk} has already failed.", job)
+    error = callback.error
+    changes: dict[str, Any] = {
+        "error_code": "removal_failed",
+        "error_message": failure_message(callback.reason)[:5000],
+        "error_details": error if isinstance(error, dict) else {"error": error},
+        "submission_uncertain": False,
+    }
+    if callback.file_id and not job.file_id:
+        changes["file_id"] = callback.file_id
+    if not lifecycle.fail(job.pk, FAILURE_SOURCES, **changes):
+        return CallbackOutcome("ignored", f"Job #{job.pk} is no longer waiting for a result.", job)
+    job.refresh_from_db()
+    return CallbackOutcome("accepted", f"Job #{job.pk} failed at ImageKit.", job)
