@@ -1,5 +1,6 @@
-"""The in-process Django set-up the benchmarks share: SQLite in memory, the test app's models,
-django-tasks-db's DatabaseBackend as the app's task backend (tasks are stored, never run)."""
+"""The in-process Django set-up the benchmarks share: SQLite in memory unless told otherwise,
+the test app's models, django-tasks-db's DatabaseBackend as the app's task backend (tasks are
+stored, never run)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def configure(default_storage: dict[str, Any], **imagekit: Any) -> None:
-    """Configure and set up Django, then create the tables. ``imagekit`` adds to the
-    ``IMAGEKIT_BGREMOVE`` settings."""
+def configure(
+    default_storage: dict[str, Any], *, database: dict[str, Any] | None = None, **imagekit: Any
+) -> None:
+    """Configure and set up Django, then create the tables. ``database`` replaces the default
+    SQLite in memory; ``imagekit`` adds to the ``IMAGEKIT_BGREMOVE`` settings."""
     import django
     from django.conf import settings
 
@@ -35,7 +38,9 @@ def configure(default_storage: dict[str, Any], **imagekit: Any) -> None:
             "imagekit_bgremove",
             "tests.testapp",
         ],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        DATABASES={
+            "default": database or {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+        },
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         ROOT_URLCONF="tests.urls",
         STORAGES={

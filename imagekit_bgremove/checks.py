@@ -16,6 +16,10 @@ imagekit_bgremove.E006      DEFAULT_OPTIONS is invalid
 imagekit_bgremove.E007      TASK_BACKEND is not a configured task backend
 imagekit_bgremove.E008      TASK_QUEUE is not a queue of that backend
 imagekit_bgremove.E009      a timeout, retry or size setting is not a usable number
+imagekit_bgremove.W006      neither WEBHOOK_SECRETS nor WEBHOOK_CONFIRM_WITH_API (DEBUG False):
+                            nothing but the URL token vouches for a callback's content
+imagekit_bgremove.W007      a real key but no URL_ENDPOINT or RESULT_HOSTS: results cannot be
+                            downloaded (no delivery host is allowed)
 =========================== =====================================================================
 """
 
@@ -48,7 +52,18 @@ NUMERIC_SETTINGS: dict[str, tuple[float, bool, bool]] = {
     "WEBHOOK_TOLERANCE_SECONDS": (0, False, False),
     "WEBHOOK_MAX_BODY_BYTES": (0, False, True),
     "RESULT_MAX_BYTES": (0, False, True),
+    "MAX_UPLOAD_BYTES": (0, False, True),
+    "TASK_LEASE_SECONDS": (0, False, False),
+    "TASK_MAX_ATTEMPTS": (1, True, True),
+    "TASK_RETRY_DELAY": (0, True, False),
+    "RECONCILE_AFTER_SECONDS": (0, False, False),
+    "PENDING_DEADLINE_SECONDS": (0, False, False),
+    "DAILY_REMOVAL_LIMIT": (0, True, True),
 }
+
+
+#: Numeric settings where None means "no limit".
+NULLABLE_SETTINGS = {"DAILY_REMOVAL_LIMIT"}
 
 
 def _user_settings() -> dict[str, Any] | None:
@@ -171,6 +186,27 @@ def check_webhooks(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
                 "their URL.",
                 hint="Copy the webhook secret (whsec_...) from the ImageKit dashboard.",
                 id=f"{PREFIX}.W002",
+            )
+        )
+    confirm = user.get("WEBHOOK_CONFIRM_WITH_API", DEFAULTS["WEBHOOK_CONFIRM_WITH_API"])
+    if real_key and not settings.DEBUG and not secrets and not confirm:
+        messages.append(
+            CheckWarning(
+                f"Neither {SETTINGS_NAME}['WEBHOOK_SECRETS'] nor WEBHOOK_CONFIRM_WITH_API is "
+                "set: nothing but the token in the URL vouches for what a callback says.",
+                hint="Set WEBHOOK_SECRETS, or leave WEBHOOK_CONFIRM_WITH_API on (the default), "
+                "so results are taken from ImageKit's API rather than from the callback body.",
+                id=f"{PREFIX}.W006",
+            )
+        )
+    if real_key and not user.get("URL_ENDPOINT") and not user.get("RESULT_HOSTS"):
+        messages.append(
+            CheckWarning(
+                f"{SETTINGS_NAME}['URL_ENDPOINT'] is empty: no ImageKit delivery host is "
+                "allowed, so results cannot be downloaded into your storage.",
+                hint="Set URL_ENDPOINT to your endpoint, e.g. 'https://ik.imagekit.io/your_id' "
+                "(extra delivery hosts go in RESULT_HOSTS).",
+                id=f"{PREFIX}.W007",
             )
         )
     if user.get("WEBHOOK_REQUIRE_SIGNATURE") and not secrets:
@@ -315,6 +351,8 @@ def check_numbers(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
         if name not in user:
             continue
         value = user[name]
+        if value is None and name in NULLABLE_SETTINGS:
+            continue
         valid = isinstance(value, int | float) and not isinstance(value, bool)
         if valid and integer and not float(value).is_integer():
             valid = False

@@ -57,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     # Your ImageKit plan's upload limit: larger originals fail at once instead of being sent.
     "MAX_UPLOAD_BYTES": 25 * 1024 * 1024,
     "RESULT_SUFFIX": "_nobg",
+    # At most this many removal requests per day (None: no limit).
+    "DAILY_REMOVAL_LIMIT": None,
     # Lost callbacks.
     "RECONCILE_AFTER_SECONDS": 600,
     "PENDING_DEADLINE_SECONDS": 26 * 3600,

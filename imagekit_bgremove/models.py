@@ -304,3 +304,18 @@ class WebhookCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.count} x {self.kind} at {self.minute:%Y-%m-%d %H:%M}"
+
+
+class DailyUsage(models.Model):
+    """How many removals were requested on a day: the budget ``DAILY_REMOVAL_LIMIT`` counts
+    against it, in the database, so every process and worker shares one count."""
+
+    day = models.DateField(unique=True)
+    requests = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day"]
+        verbose_name_plural = "daily usage"
+
+    def __str__(self) -> str:
+        return f"{self.day}: {self.requests} removal request(s)"

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, router, transaction
 from django.utils import timezone
 
+from .compat import task_backends
 from .conf import app_settings
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,22 @@ def enqueue_now(
         return None
 
 
+def _joins_transaction(using: str | None) -> bool:
+    """Whether the configured backend stores tasks as rows of the database this transaction
+    writes to (django-tasks-db's DatabaseBackend there): then the task row can be written in the
+    transaction itself. Workers see it exactly when the job row commits, a rollback removes
+    both, and no crash can fall between a commit and its enqueue."""
+    try:
+        backend = task_backends[app_settings.TASK_BACKEND]
+    except Exception:
+        return False
+    if not type(backend).__module__.startswith("django_tasks_db."):
+        return False
+    from django_tasks_db.models import DBTaskResult
+
+    return router.db_for_write(DBTaskResult) == (using or DEFAULT_DB_ALIAS)
+
+
 def enqueue_on_commit(
     name: str,
     *args: Any,
@@ -73,10 +90,16 @@ def enqueue_on_commit(
     on_error: Callable[[BaseException], None] | None = None,
     using: str | None = None,
 ) -> None:
-    """Enqueue once the current transaction commits (at once outside one); nothing on rollback.
+    """Enqueue so that the task exists exactly when the current transaction commits (at once
+    outside a transaction); nothing on rollback.
 
-    A crash between the commit and the enqueue leaves the job recorded but not enqueued:
-    ``reconcile_removals`` finds and enqueues such jobs."""
+    With a database task backend on the same database the task row is part of the transaction.
+    Otherwise the task is enqueued right after the commit; a crash between the two leaves the
+    job recorded but not enqueued, and ``reconcile_removals`` enqueues it."""
+    connection = transaction.get_connection(using)
+    if connection.in_atomic_block and _joins_transaction(using):
+        enqueue(name, *args, run_after=run_after)
+        return
     transaction.on_commit(
         lambda: enqueue_now(name, *args, run_after=run_after, on_error=on_error),
         using=using,

@@ -11,6 +11,7 @@ REAL = {
     "PRIVATE_KEY": "private_real_key",
     "WEBHOOK_SECRETS": ["whsec_real"],
     "WEBHOOK_BASE_URL": "https://www.example.com",
+    "URL_ENDPOINT": "https://ik.imagekit.io/example",
 }
 
 
@@ -31,6 +32,34 @@ def production(settings):
 
 def test_a_complete_production_setup_is_clean(production):
     assert run() == []
+
+
+def test_nothing_vouching_for_callbacks_is_a_warning(production):
+    production.IMAGEKIT_BGREMOVE = {
+        **REAL,
+        "WEBHOOK_SECRETS": [],
+        "WEBHOOK_CONFIRM_WITH_API": False,
+    }
+    assert "imagekit_bgremove.W006" in run()
+    production.IMAGEKIT_BGREMOVE = {**REAL, "WEBHOOK_SECRETS": []}  # confirmation is on
+    assert "imagekit_bgremove.W006" not in run()
+
+
+def test_no_delivery_host_is_a_warning(production):
+    production.IMAGEKIT_BGREMOVE = {k: v for k, v in REAL.items() if k != "URL_ENDPOINT"}
+    assert run() == ["imagekit_bgremove.W007"]
+    production.IMAGEKIT_BGREMOVE = {
+        **production.IMAGEKIT_BGREMOVE,
+        "RESULT_HOSTS": ["images.example.com"],
+    }
+    assert run() == []
+
+
+def test_a_daily_limit_may_be_none_but_not_negative(production):
+    production.IMAGEKIT_BGREMOVE = {**REAL, "DAILY_REMOVAL_LIMIT": None}
+    assert run() == []
+    production.IMAGEKIT_BGREMOVE = {**REAL, "DAILY_REMOVAL_LIMIT": -1}
+    assert run() == ["imagekit_bgremove.E009"]
 
 
 def test_test_settings_only_warn_about_the_emulator(settings):

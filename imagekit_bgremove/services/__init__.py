@@ -15,6 +15,8 @@ Below them: ``lifecycle`` (moves shared by every stage), ``queueing`` (enqueue b
 
 from ..callback import CallbackError, failure_reason, parse_callback
 from ..options import OptionsError
+from . import budget
+from .budget import BudgetExhausted
 from .finalization import finalize
 from .reconciliation import check, reconcile
 from .request import (
@@ -42,6 +44,7 @@ from .submission import submit
 
 __all__ = [
     "AlreadyRetried",
+    "BudgetExhausted",
     "CallbackError",
     "CallbackOutcome",
     "JobInProgress",
@@ -51,6 +54,7 @@ __all__ = [
     "apply_callback",
     "apply_parsed_callback",
     "base_options",
+    "budget",
     "check",
     "enqueue_reconcile",
     "failure_reason",

@@ -22,6 +22,7 @@ from ..models import UNFINISHED, JobStatus, RemovalJob, Trigger, owner_content_t
 from ..options import OptionsError, RemoveBgOptions
 from ..signals import removal_failed
 from ..tokens import make_token
+from . import budget
 
 
 class RequestError(ValueError):
@@ -154,7 +155,20 @@ def _create(
     removal_pointer, _ = lifecycle.pointer_names(field.name)
     source_name = _source_name(instance, field)
     now = timezone.now()
-    with transaction.atomic(using=using, savepoint=False):
+    failure = (
+        ("invalid_options", f"The remove-bg options are invalid: {error} Change the options.")
+        if error is not None
+        else None
+    )
+    # The save path runs inside the save's transaction: no savepoint, a failure fails the save.
+    with transaction.atomic(using=using, savepoint=trigger != Trigger.SAVE):
+        if failure is None:
+            try:
+                budget.reserve(1, using=using)
+            except budget.BudgetExhausted as exc:
+                if trigger != Trigger.SAVE:
+                    raise
+                failure = ("budget_spent", str(exc))  # a save cannot be refused: say why
         older: list[int] = []
         if not is_new_object:
             # The object's row lock serialises requests for the same image: the second one
@@ -178,22 +192,18 @@ def _create(
             content_type=content_type,
             object_id=object_id,
             field_name=field.name,
-            status=JobStatus.QUEUED if error is None else JobStatus.FAILED,
+            status=JobStatus.QUEUED if failure is None else JobStatus.FAILED,
             options=options.to_dict() if options is not None else {},
             force=bool(force),
             trigger=trigger,
             requested_by=user,
             retry_of=retry_of,
             source_name=source_name,
-            error_code="invalid_options" if error else "",
-            error_message=(
-                f"The remove-bg options are invalid: {error} Change the options and try again."
-                if error
-                else ""
-            ),
+            error_code=failure[0] if failure else "",
+            error_message=failure[1] if failure else "",
             created_at=now,
             updated_at=now,
-            finished_at=now if error else None,
+            finished_at=now if failure else None,
         )
         if older:
             RemovalJob.objects.filter(pk__in=older, superseded_by__isnull=True).update(
@@ -201,7 +211,7 @@ def _create(
             )
         model._base_manager.filter(pk=instance.pk).update(**{removal_pointer: job.pk})
         setattr(instance, removal_pointer, job)
-        if error is None:
+        if failure is None:
             enqueue_submit_on_commit(job.pk, using=using)
         else:
             lifecycle.send_on_commit(removal_failed, job.pk)
@@ -325,6 +335,7 @@ def request_batch(
     object_ids = [str(pk) for pk in pks]
     now = timezone.now()
     with transaction.atomic():
+        budget.reserve(len(rows))
         list(model._base_manager.select_for_update().filter(pk__in=pks).values_list("pk"))
         live = RemovalJob.objects.filter(
             content_type=content_type,
