@@ -6,8 +6,12 @@ Sections: test images · the ImageKit emulator · jobs and tasks · (result side
 from __future__ import annotations
 
 import io
+import os
+import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,3 +183,86 @@ def dummy_tasks(settings: Any) -> None:
 
 # ------------------------------------------------------------------------------ result side
 # (webhook view, API and admin fixtures go here)
+
+
+# ------------------------------------------------------------------------------ the browser
+
+CHROMIUM = "/usr/bin/chromium"
+# As the machine's own check starts it: no sandbox (root), and no background connections,
+# which a closed network refuses many at a time.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium driven by Playwright. Skipped (with the reason) when Chromium is
+    missing outside CI; in CI (CI=true, set by .ci/run) a missing browser is a failure."""
+    if not os.access(CHROMIUM, os.X_OK):
+        message = f"Chromium is not installed at {CHROMIUM} (./dev test installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make
+    # from it are still synchronous.
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        yield chromium
+        chromium.close()
+
+
+class Screenshots:
+    """Numbered screenshots of one test, under var/screenshots/<test name>/."""
+
+    def __init__(self, page: Any, test_name: str):
+        self.page = page
+        self.folder = SCREENSHOTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", test_name)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+
+    def take(self, name: str, **kwargs: Any) -> Path:
+        self.count += 1
+        path = self.folder / f"{self.count:02d}-{name}.png"
+        self.page.screenshot(path=str(path), full_page=True, **kwargs)
+        return path
+
+
+@pytest.fixture
+def page(browser: Any, request: Any) -> Iterator[Any]:
+    """A fresh page (1280x900) recording console errors and failed responses in
+    ``page.console_errors``, and taking screenshots with ``page.shots.take(name)``."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    errors: list[str] = []
+
+    def on_console(msg: Any) -> None:
+        # A failed resource is reported below with its URL (and the favicon is not ours).
+        if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
+            errors.append(msg.text)
+
+    def on_response(response: Any) -> None:
+        if response.status >= 400 and not response.url.endswith("/favicon.ico"):
+            errors.append(f"HTTP {response.status} for {response.url}")
+
+    tab.on("console", on_console)
+    tab.on("response", on_response)
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.console_errors = errors
+    tab.shots = Screenshots(tab, request.node.name)
+    tab.set_default_timeout(15_000)
+    yield tab
+    context.close()
