@@ -24,9 +24,9 @@ def test_emulator_imports_nothing_from_the_app_but_signatures():
             else:
                 continue
             for name in names:
-                if name == "imagekit_bgremove" or name.startswith("imagekit_bgremove."):
-                    if not name.startswith("imagekit_bgremove.emulator"):
-                        found.add((path.name, name))
+                in_app = name == "imagekit_bgremove" or name.startswith("imagekit_bgremove.")
+                if in_app and not name.startswith("imagekit_bgremove.emulator"):
+                    found.add((path.name, name))
     modules = {name for _, name in found}
     assert modules <= {
         "imagekit_bgremove.signatures",
@@ -37,4 +37,4 @@ def test_emulator_imports_nothing_from_the_app_but_signatures():
 def test_well_known_credentials_agree_with_the_app_defaults():
     assert config.DEFAULT_PRIVATE_KEY == defaults.EMULATOR_PRIVATE_KEY
     assert config.DEFAULT_WEBHOOK_SECRET == defaults.EMULATOR_WEBHOOK_SECRET
-    assert config.DEFAULT_URL == defaults.EMULATOR_URL.rstrip("/")
+    assert defaults.EMULATOR_URL.rstrip("/") == config.DEFAULT_URL
