@@ -224,7 +224,8 @@ def test_callback_is_retried_until_it_gets_a_200(ik):
 
 
 def test_timeouts_count_as_failures():
-    with running_emulator(callback_timeout=0.2, callback_backoff_base=0.05) as ik:
+    # ImageKit seconds, compressed by the test time scale: 40 s -> 0.2 s of wall clock.
+    with running_emulator(callback_timeout=40, min_timeout=0) as ik:
         with CallbackReceiver(delay=0.5) as hooks:
             remove_bg(ik, hooks.url)
             hooks.wait_for(1, timeout=10)
@@ -237,7 +238,8 @@ def test_timeouts_count_as_failures():
 
 
 def test_delivery_gives_up_after_the_retry_window():
-    with running_emulator(callback_retry_seconds=0.4, callback_backoff_base=0.05) as ik:
+    # 80 ImageKit seconds = 0.4 s at the test time scale; retries after 0.05 s, 0.1 s, ...
+    with running_emulator(callback_retry_seconds=80) as ik:
         with CallbackReceiver(default_status=503) as hooks:
             remove_bg(ik, hooks.url)
             assert ik.wait_idle(20)
@@ -248,7 +250,7 @@ def test_delivery_gives_up_after_the_retry_window():
 
 
 def test_unreachable_webhook_is_retried_as_an_error():
-    with running_emulator(callback_retry_seconds=0.3, callback_backoff_base=0.05) as ik:
+    with running_emulator(callback_retry_seconds=60) as ik:
         remove_bg(ik, "http://127.0.0.1:9/hook")
         assert ik.wait_idle(20)
         [callback] = ik.state()["callbacks"]
@@ -302,7 +304,8 @@ def test_unsigned_callbacks_when_configured(hooks):
 
 
 def test_pending_callbacks_and_jobs_survive_a_restart(tmp_path):
-    settings = {"data_dir": str(tmp_path), "callback_backoff_base": 2.0}
+    # A first retry 400 ImageKit seconds (2 s of wall clock) after the failed attempt.
+    settings = {"data_dir": str(tmp_path), "callback_backoff_base": 400}
     with CallbackReceiver(statuses=[500]) as hooks:
         with running_emulator(**settings) as ik:
             remove_bg(ik, hooks.url)

@@ -63,6 +63,43 @@ _FAULT_FLAGS: list[tuple[str, str, Any, str]] = [
         "count the first N attempts of every callback as failed",
     ),
     ("--webhook-lost-rate", "lost_rate", float, "probability that a callback is never sent"),
+    (
+        "--answer-drop-rate",
+        "answer_drop_rate",
+        float,
+        "probability that a request does its work, then closes without an answer",
+    ),
+    (
+        "--answer-error-rate",
+        "answer_error_rate",
+        float,
+        "probability that a request does its work, then answers a 5xx",
+    ),
+    (
+        "--answer-late-rate",
+        "answer_late_rate",
+        float,
+        "probability that a request does its work, then answers late",
+    ),
+    ("--answer-late-seconds", "answer_late_seconds", float, "how late a late answer is"),
+    (
+        "--upload-too-many-requests-rate",
+        "upload_too_many_requests_rate",
+        float,
+        "probability of the upload's 400 'too many requests to update the file'",
+    ),
+    (
+        "--result-as-new-file-rate",
+        "result_as_new_file_rate",
+        float,
+        "probability that a remove-bg result becomes a new file, not a new version",
+    ),
+    (
+        "--sync-success-rate",
+        "sync_success_rate",
+        float,
+        "probability that remove-bg is done before the answer (status success, no callback)",
+    ),
 ]
 
 
@@ -80,6 +117,7 @@ def _triple_text(values: tuple[float, ...]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    defaults = EmulatorConfig()
     parser = argparse.ArgumentParser(
         prog="imagekit-emulator",
         description="A local ImageKit.io emulator: upload, file details, versions and the "
@@ -131,29 +169,76 @@ def build_parser() -> argparse.ArgumentParser:
         default=50_000_000,
         help="largest image remove-bg processes (%(default)s pixels)",
     )
-    parser.add_argument(
+    timing = parser.add_argument_group(
+        "timing",
+        "Durations are ImageKit seconds, as the real service measures them; --time-scale "
+        "turns them into wall-clock seconds (wall = ImageKit x scale), so tests can run a "
+        "day of webhook retries in minutes. Fault knobs stay wall-clock seconds.",
+    )
+    timing.add_argument(
+        "--time-scale",
+        type=float,
+        default=defaults.time_scale,
+        metavar="SCALE",
+        help="wall seconds per ImageKit second (%(default)s = real time; 0.01 = 100x faster)",
+    )
+    timing.add_argument(
+        "--min-timeout",
+        type=float,
+        default=defaults.min_timeout,
+        metavar="SECONDS",
+        help="no scaled network timeout is shorter than this many wall seconds (%(default)s)",
+    )
+    timing.add_argument(
         "--callback-timeout",
         type=float,
-        default=10.0,
-        help="seconds to wait for a webhook answer (%(default)s)",
+        default=defaults.callback_timeout,
+        help="how long to wait for a webhook answer (%(default)s, as ImageKit)",
     )
-    parser.add_argument(
+    timing.add_argument(
         "--callback-retry-seconds",
         type=float,
-        default=3600.0,
-        help="keep retrying a callback this long (%(default)s)",
+        default=defaults.callback_retry_seconds,
+        help="keep retrying a callback this long (%(default)s = 24 h, as ImageKit)",
     )
-    parser.add_argument(
+    timing.add_argument(
         "--callback-backoff-base",
         type=float,
-        default=10.0,
+        default=defaults.callback_backoff_base,
         help="first retry delay; doubles each time (%(default)s)",
     )
-    parser.add_argument(
+    timing.add_argument(
         "--callback-backoff-max",
         type=float,
-        default=600.0,
+        default=defaults.callback_backoff_max,
         help="longest retry delay (%(default)s)",
+    )
+    timing.add_argument(
+        "--fetch-timeout",
+        type=float,
+        default=defaults.fetch_timeout,
+        help="how long a URL upload / bg_image_url may take (%(default)s, as ImageKit)",
+    )
+    parser.add_argument(
+        "--no-auto-format",
+        dest="auto_format",
+        action="store_false",
+        help="serve stored bytes even to clients that accept WebP (the account's automatic "
+        "format conversion is on by default)",
+    )
+    parser.add_argument(
+        "--rate-limit-requests",
+        type=int,
+        metavar="N",
+        help="rate limit every API but upload to N requests per --rate-limit-interval-ms "
+        "(default: unlimited)",
+    )
+    parser.add_argument(
+        "--rate-limit-interval-ms",
+        type=int,
+        default=defaults.rate_limit_interval_ms,
+        metavar="MS",
+        help="the rate limiter's window in ImageKit milliseconds (%(default)s)",
     )
     parser.add_argument(
         "--unsigned-callbacks", action="store_true", help="send callbacks without signature headers"
@@ -199,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--faults", metavar="JSON", help="fault knobs as a JSON object")
     for flag, knob, kind, text in _FAULT_FLAGS:
         metavar = {float: "P", int: "N", str: "MIN,MAX"}[kind]
-        if knob in ("slow_seconds",):
+        if knob in ("slow_seconds", "answer_late_seconds"):
             metavar = "SECONDS"
         elif knob.endswith("_ms"):
             metavar = "MS"
@@ -210,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="rate limit uploads too (the real upload API is not)",
+    )
+    faults.add_argument(
+        "--webhook-retry-original-signature",
+        dest="fault_retry_original_signature",
+        action="store_true",
+        default=None,
+        help="retries repeat the first attempt's signature headers (original timestamp)",
     )
     faults.add_argument(
         "--webhook-reorder",
@@ -255,6 +347,12 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
             seed=args.seed,
             extension_quota_units=args.extension_quota_units,
             max_pixels=args.max_pixels,
+            time_scale=args.time_scale,
+            min_timeout=args.min_timeout,
+            fetch_timeout=args.fetch_timeout,
+            auto_format=args.auto_format,
+            rate_limit_requests=args.rate_limit_requests,
+            rate_limit_interval_ms=args.rate_limit_interval_ms,
             callback_timeout=args.callback_timeout,
             callback_retry_seconds=args.callback_retry_seconds,
             callback_backoff_base=args.callback_backoff_base,

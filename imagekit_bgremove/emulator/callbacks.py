@@ -1,10 +1,13 @@
 """Webhook delivery: POST the extension result to the request's ``webhookUrl``.
 
-Like ImageKit, only an HTTP 200 counts as delivered; anything else (other statuses, errors,
-timeouts) is retried with exponential backoff until ``callback_retry_seconds`` have passed
-since the first attempt. Bodies are signed with both of ImageKit's schemes, using
-``imagekit_bgremove.signatures``. The webhook faults (delay, duplicates, reordering, failing
-first attempts, loss) are applied here.
+Like ImageKit, only an HTTP 200 within ``callback_timeout`` (30 s) counts as delivered;
+anything else (other statuses, errors, timeouts) is retried with exponential backoff until
+``callback_retry_seconds`` (24 h) have passed since the first attempt. Those durations are
+ImageKit seconds, turned into wall-clock ones by ``time_scale``. Bodies are signed with both
+of ImageKit's schemes, using ``imagekit_bgremove.signatures`` (ImageKit's published scheme;
+the only part of the app the emulator uses). The webhook faults (delay, duplicates,
+reordering, failing first attempts, loss, retries with the original signature) are applied
+here.
 """
 
 from __future__ import annotations
@@ -14,81 +17,26 @@ import http.client
 import itertools
 import json
 import logging
-import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from imagekit_bgremove import __version__
 from imagekit_bgremove.signatures import signature_headers
 
 from .config import EmulatorConfig
 from .faults import FaultInjector
 from .store import Activity, Callback, Job, Store, iso, now_ms
+from .version import USER_AGENT
+from .workers import WorkerPool
 
 logger = logging.getLogger("imagekit_bgremove.emulator")
 
-USER_AGENT = f"ImageKit-Emulator/{__version__}"
 ACTIVITY = "callbacks"
 _MAX_RESPONSE_BYTES = 64 * 1024
-
-
-class WorkerPool:
-    """A fixed number of threads running queued callables (daemon or not, unlike
-    ThreadPoolExecutor, whose workers always hold up interpreter exit)."""
-
-    _STOP = object()
-
-    def __init__(
-        self, name: str, size: int, *, daemon: bool, on_discard: Callable[[Any], None] | None = None
-    ):
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._on_discard = on_discard
-        self._threads = [
-            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=daemon)
-            for i in range(size)
-        ]
-        self._started = False
-
-    def start(self) -> None:
-        if not self._started:
-            self._started = True
-            for thread in self._threads:
-                thread.start()
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._queue.put((fn, args))
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is self._STOP:
-                return
-            fn, args = item
-            try:
-                fn(*args)
-            except Exception:  # a task must never kill its worker
-                logger.exception("emulator task %r failed", fn)
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Discard what has not started, let running tasks finish, join the threads."""
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not self._STOP and self._on_discard is not None:
-                self._on_discard(item)
-        if not self._started:
-            return
-        for _ in self._threads:
-            self._queue.put(self._STOP)
-        for thread in self._threads:
-            thread.join(timeout)
 
 
 @dataclass(order=True)
@@ -209,6 +157,7 @@ class CallbackDispatcher:
             copies=copies,
             fail_first_attempts=faults.fail_first_attempts,
             unsigned=faults.unsigned_callbacks or not self._config.sign_callbacks,
+            keep_signature=faults.retry_original_signature,
         )
         self._store.add_callback(callback)
         if lost:
@@ -296,16 +245,23 @@ class CallbackDispatcher:
         body = callback.body.encode("utf-8")
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         if not callback.unsigned and self._secrets:
-            headers.update(signature_headers(body, self._secrets, webhook_id=callback.webhook_id))
+            if callback.keep_signature and callback.signature_headers:
+                headers.update(callback.signature_headers)  # the first attempt's, as it was
+            else:
+                signed = signature_headers(body, self._secrets, webhook_id=callback.webhook_id)
+                headers.update(signed)
+                if callback.keep_signature:
+                    self._store.update_callback(callback.id, signature_headers=signed)
         number = len(callback.attempts) + 1
         sent_ms = now_ms()
         started = time.monotonic()
         status: int | None = None
         error: str | None = None
+        timeout = self._config.wall_timeout(self._config.callback_timeout)
         try:
-            status = _post(callback.url, body, headers, self._config.callback_timeout)
+            status = _post(callback.url, body, headers, timeout)
         except TimeoutError:
-            error = f"timed out after {self._config.callback_timeout:g} s"
+            error = f"timed out after {timeout:g} s"
         except (OSError, http.client.HTTPException, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         simulated = number <= callback.fail_first_attempts
@@ -322,6 +278,7 @@ class CallbackDispatcher:
             "delivered": delivered,
             "simulatedFailure": simulated,
             "signed": "x-ik-signature" in headers,
+            "signatureTimestamp": headers.get("webhook-timestamp"),
         }
         first_attempt_at = callback.first_attempt_at or sent_ms
         if delivered:
@@ -345,12 +302,12 @@ class CallbackDispatcher:
         failures = (
             sum(1 for a in callback.attempts if a["copy"] == entry.copy and not a["delivered"]) + 1
         )
-        backoff = min(
-            self._config.callback_backoff_base * 2 ** (failures - 1),
-            self._config.callback_backoff_max,
+        config = self._config
+        backoff = config.wall(
+            min(config.callback_backoff_base * 2 ** (failures - 1), config.callback_backoff_max)
         )
         elapsed = (now_ms() - first_attempt_at) / 1000
-        give_up = elapsed + backoff > self._config.callback_retry_seconds
+        give_up = elapsed + backoff > config.wall(config.callback_retry_seconds)
         self._store.update_callback(
             callback.id,
             attempt,

@@ -1,5 +1,14 @@
-"""The emulator's configuration; its default credentials and URL come from the Django-free
-``imagekit_bgremove.defaults`` that the app's settings use too."""
+"""The emulator's configuration.
+
+The emulator imports nothing from the Django app (bar ImageKit's published signature scheme in
+``imagekit_bgremove.signatures``), so its well-known development credentials live here; the
+app's ``imagekit_bgremove.defaults`` carries the same values and a test keeps the two equal.
+
+Durations are in *ImageKit seconds*: how long the real service waits. ``time_scale`` turns
+them into wall-clock seconds (``wall = imagekit * time_scale``), so a test can run a day of
+webhook retries in minutes. Fault knobs (``faults.Faults``) are wall-clock seconds: a test
+states them against its own client's timeouts.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +19,20 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from imagekit_bgremove import defaults
-
 MB = 1024 * 1024
 
 #: What one remove-bg costs in ImageKit extension units.
 REMOVE_BG_UNITS = 130
 #: ImageKit keeps at most this many versions of a file.
 MAX_VERSIONS = 100
-#: The free plan's image upload limit.
+#: The free plan's upload limit for images, audio and raw files (the spec's "File size limit").
 DEFAULT_MAX_UPLOAD_BYTES = 25 * MB
+#: ImageKit waits this long for a webhook answer (HTTP 200) ...
+IMAGEKIT_CALLBACK_TIMEOUT = 30.0
+#: ... and retries a failed callback for this long.
+IMAGEKIT_CALLBACK_RETRY_SECONDS = 24 * 3600.0
+#: ImageKit gives a URL upload this long to answer with its headers (the spec: 8 seconds).
+IMAGEKIT_FETCH_TIMEOUT = 8.0
 #: Where ImageKit's error bodies send people.
 HELP_TEXT = "For support kindly contact us at support@imagekit.io."
 #: Per-channel (R, G, B) normalisation of a segmentation model's input, on pixels scaled to
@@ -30,9 +43,10 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 MAX_SEGMENTATION_INPUT_SIZE = 4096
 
 
-DEFAULT_PRIVATE_KEY: str = defaults.EMULATOR_PRIVATE_KEY
-DEFAULT_WEBHOOK_SECRET: str = defaults.EMULATOR_WEBHOOK_SECRET
-DEFAULT_URL: str = defaults.EMULATOR_URL.rstrip("/")
+#: The well-known development credentials and address (they only ever unlock a local emulator).
+DEFAULT_PRIVATE_KEY = "private_emulator_key"
+DEFAULT_WEBHOOK_SECRET = "whsec_emulator_secret"
+DEFAULT_URL = "http://127.0.0.1:8790"
 DEFAULT_HOST: str = urlsplit(DEFAULT_URL).hostname or "127.0.0.1"
 DEFAULT_PORT: int = urlsplit(DEFAULT_URL).port or 8790
 
@@ -75,6 +89,7 @@ class EmulatorConfig:
     url_endpoint: str | None = None
     #: Persist files, versions, jobs and callbacks here (JSON index + blobs); None = memory.
     data_dir: str | None = None
+    #: The plan's upload size limit (the free plan: 25 MB for images).
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     #: Threads running remove-bg jobs (never the request threads).
     workers: int = 2
@@ -89,12 +104,30 @@ class EmulatorConfig:
     max_versions: int = MAX_VERSIONS
     #: Pixel limit handed to the background remover.
     max_pixels: int = 50_000_000
+    #: Wall-clock seconds per ImageKit second for every duration below (and the rate limiter):
+    #: 1 is real time, 0.01 runs a day of callback retries in under 15 minutes.
+    time_scale: float = 1.0
+    #: No network timeout (webhook answer, URL fetch) is scaled below this many wall seconds:
+    #: a shorter one would measure the machine's load rather than the protocol.
+    min_timeout: float = 0.0
     # Callback delivery: only HTTP 200 counts; anything else is retried with backoff
     # (base * 2**n, capped) until ``callback_retry_seconds`` after the first attempt.
-    callback_timeout: float = 10.0
-    callback_retry_seconds: float = 3600.0
+    # ImageKit seconds (see ``time_scale``).
+    callback_timeout: float = IMAGEKIT_CALLBACK_TIMEOUT
+    callback_retry_seconds: float = IMAGEKIT_CALLBACK_RETRY_SECONDS
     callback_backoff_base: float = 10.0
-    callback_backoff_max: float = 600.0
+    callback_backoff_max: float = 3600.0
+    #: How long a URL upload or ``bg_image_url`` may take to answer (ImageKit seconds).
+    fetch_timeout: float = IMAGEKIT_FETCH_TIMEOUT
+    #: The account's automatic format conversion: a delivery request whose Accept header
+    #: includes image/webp gets a WebP conversion unless it asks for ``tr=orig-true``
+    #: (on by default on a new ImageKit account).
+    auto_format: bool = True
+    #: A per-account rate limit on every API but upload: at most ``rate_limit_requests`` in
+    #: any ``rate_limit_interval_ms`` (ImageKit milliseconds); None = unlimited. Answers 429
+    #: with X-RateLimit-Limit, -Reset and -Interval (wall-clock milliseconds).
+    rate_limit_requests: int | None = None
+    rate_limit_interval_ms: int = 1000
     #: Sign callbacks with both schemes (x-ik-signature and Standard Webhooks).
     sign_callbacks: bool = True
     #: Fault knobs at start (a mapping or a ``Faults``); see ``faults.Faults``.
@@ -127,6 +160,23 @@ class EmulatorConfig:
             raise ValueError("private_key must not be empty")
         if self.max_versions < 1:
             raise ValueError("max_versions must be at least 1")
+        if not (isinstance(self.time_scale, int | float) and 0 < self.time_scale <= 1000):
+            raise ValueError(f"time_scale must be a number in (0, 1000], not {self.time_scale!r}")
+        for name in (
+            "min_timeout",
+            "callback_timeout",
+            "callback_retry_seconds",
+            "callback_backoff_base",
+            "callback_backoff_max",
+            "fetch_timeout",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number, not {value!r}")
+        if self.rate_limit_requests is not None and self.rate_limit_requests < 1:
+            raise ValueError("rate_limit_requests must be at least 1 (or None)")
+        if self.rate_limit_interval_ms < 1:
+            raise ValueError("rate_limit_interval_ms must be positive")
         if self.segmentation_model is not None:
             self.segmentation_model = os.fspath(self.segmentation_model) or None
         size = self.segmentation_input_size
@@ -140,6 +190,14 @@ class EmulatorConfig:
         self.segmentation_std = _triple("segmentation_std", self.segmentation_std)
         if min(self.segmentation_std) <= 0:
             raise ValueError(f"segmentation_std must be positive, not {self.segmentation_std}")
+
+    def wall(self, seconds: float) -> float:
+        """Wall-clock seconds for a duration in ImageKit seconds."""
+        return seconds * self.time_scale
+
+    def wall_timeout(self, seconds: float) -> float:
+        """A scaled network timeout, never below ``min_timeout``."""
+        return max(self.wall(seconds), self.min_timeout)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -173,6 +231,9 @@ __all__ = [
     "DEFAULT_URL",
     "DEFAULT_WEBHOOK_SECRET",
     "HELP_TEXT",
+    "IMAGEKIT_CALLBACK_RETRY_SECONDS",
+    "IMAGEKIT_CALLBACK_TIMEOUT",
+    "IMAGEKIT_FETCH_TIMEOUT",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MAX_SEGMENTATION_INPUT_SIZE",

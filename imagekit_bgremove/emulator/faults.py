@@ -1,5 +1,6 @@
-"""Fault injection: API errors, rate limits, slowness, dropped connections, failing
-extensions and misbehaving webhook delivery.
+"""Fault injection: API errors, rate limits, slowness, dropped connections, answers lost
+after the work was done, failing extensions, the service's legitimate variations (a result as
+a new file, a synchronous success) and misbehaving webhook delivery.
 
 Every knob has a safe default (no fault). The same names are used by the ``--`` flags, by
 ``GET/PUT /_emulator/faults`` and by ``Emulator.faults``. Random choices come from one
@@ -17,6 +18,7 @@ from typing import Any
 #: Endpoint names usable in ``Faults.endpoints``.
 API_ENDPOINTS = (
     "upload",
+    "list_files",
     "get_details",
     "update_details",
     "list_versions",
@@ -32,6 +34,12 @@ _RATES = (
     "extension_failure_rate",
     "duplicate_rate",
     "lost_rate",
+    "answer_drop_rate",
+    "answer_error_rate",
+    "answer_late_rate",
+    "upload_too_many_requests_rate",
+    "result_as_new_file_rate",
+    "sync_success_rate",
 )
 
 
@@ -63,12 +71,36 @@ class Faults:
     drop_rate: float = 0.0
     #: Only these endpoints get API faults (see API_ENDPOINTS); None = all of them.
     endpoints: tuple[str, ...] | None = None
-    #: Stop injecting API faults (5xx, 429, drop) after this many; None = no limit. Lets a test
-    #: say "fail twice, then work".
+    #: Stop injecting API faults (5xx, 429, drop, the answer_* faults, the upload's
+    #: too-many-requests 400) after this many; None = no limit. Lets a test say "fail twice,
+    #: then work".
     max_api_faults: int | None = None
+    # ---- "work done, answer lost": applied AFTER a successful request did its work (the
+    # upload stored, the PATCH applied and its extension started), so a client that retries
+    # blindly makes a second file or pays a second run.
+    #: Probability of closing the connection instead of sending the answer.
+    answer_drop_rate: float = 0.0
+    #: Probability of answering a 5xx (from ``error_statuses``) instead of the real answer.
+    answer_error_rate: float = 0.0
+    #: Probability of holding the answer ``answer_late_seconds`` (wall clock) before sending
+    #: it: past the client's timeout, the client sees a timeout.
+    answer_late_rate: float = 0.0
+    answer_late_seconds: float = 5.0
+    #: Probability that an upload is refused, before anything is stored, with the spec's 400
+    #: "You have sent too many requests to update the file recently. Please try again later."
+    #: (a rate limit in disguise: retrying later works).
+    upload_too_many_requests_rate: float = 0.0
     # ---- extensions
     #: Probability that a remove-bg job fails (FAILURE callback, reason "simulated_failure").
     extension_failure_rate: float = 0.0
+    #: Probability that the remove-bg result becomes a NEW file (another fileId, in the same
+    #: folder) instead of a new version of the same file (the contract's "same fileId" is
+    #: UNCONFIRMED).
+    result_as_new_file_rate: float = 0.0
+    #: Probability that remove-bg is done before the API answers: ``extensionStatus``
+    #: ``{"remove-bg": "success"}`` (in the spec's enum), the response already describing the
+    #: result, and no callback.
+    sync_success_rate: float = 0.0
     # ---- webhook callbacks
     #: Probability that a callback is delivered more than once (1..duplicate_max extra copies).
     duplicate_rate: float = 0.0
@@ -87,6 +119,9 @@ class Faults:
     lost_rate: float = 0.0
     #: Send callbacks without signature headers.
     unsigned_callbacks: bool = False
+    #: Retries and duplicate copies of a callback carry the very headers of its first attempt
+    #: (the original signature timestamp) instead of being signed afresh.
+    retry_original_signature: bool = False
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -162,7 +197,7 @@ def _coerce(key: str, raw: Any) -> Any:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"a probability between 0 and 1 expected, not {raw!r}")
         return rate
-    if key in ("slow_seconds", "reorder_hold_seconds"):
+    if key in ("slow_seconds", "reorder_hold_seconds", "answer_late_seconds"):
         seconds = _number(raw, "a number of seconds")
         if seconds < 0:
             raise ValueError("must not be negative")
@@ -173,7 +208,7 @@ def _coerce(key: str, raw: Any) -> Any:
         return _integer(raw, 1)
     if key == "max_api_faults":
         return None if raw is None else _integer(raw)
-    if key in ("rate_limit_upload", "reorder", "unsigned_callbacks"):
+    if key in ("rate_limit_upload", "reorder", "unsigned_callbacks", "retry_original_signature"):
         return _boolean(raw)
     if key == "error_statuses":
         items = [raw] if isinstance(raw, int | str) else raw
@@ -209,8 +244,11 @@ def _coerce(key: str, raw: Any) -> Any:
 
 @dataclass(frozen=True)
 class ApiFault:
-    kind: str  # "drop", "error" or "rate_limit"
+    #: Before the work: "drop", "error", "rate_limit", "too_many_requests".
+    #: After it: "answer_drop", "answer_error", "answer_late".
+    kind: str
     status: int = 0
+    seconds: float = 0.0
 
 
 class FaultInjector:
@@ -291,6 +329,26 @@ class FaultInjector:
             fault = ApiFault("error", status)
         elif (endpoint != "upload" or f.rate_limit_upload) and self.chance(f.rate_limit_rate):
             fault = ApiFault("rate_limit", 429)
+        elif endpoint == "upload" and self.chance(f.upload_too_many_requests_rate):
+            fault = ApiFault("too_many_requests", 400)
+        return self._spend(f, fault)
+
+    def answer_fault(self, endpoint: str) -> ApiFault | None:
+        """Which fault (if any) replaces the answer of a request that did its work."""
+        f = self.faults
+        if f.endpoints is not None and endpoint not in f.endpoints:
+            return None
+        fault: ApiFault | None = None
+        if self.chance(f.answer_drop_rate):
+            fault = ApiFault("answer_drop")
+        elif self.chance(f.answer_error_rate):
+            status = f.error_statuses[self.randint(0, len(f.error_statuses) - 1)]
+            fault = ApiFault("answer_error", status)
+        elif self.chance(f.answer_late_rate):
+            fault = ApiFault("answer_late", 200, f.answer_late_seconds)
+        return self._spend(f, fault)
+
+    def _spend(self, f: Faults, fault: ApiFault | None) -> ApiFault | None:
         if fault is None:
             return None
         with self._lock:

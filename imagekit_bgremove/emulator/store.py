@@ -1,4 +1,5 @@
-"""The emulator's state: files and their versions, extension jobs, callbacks, quota.
+"""The emulator's state: files and their versions, extension jobs, callbacks, remove-bg runs,
+quota.
 
 Everything lives in memory; with a ``data_dir`` every change is also written out (a JSON
 index, replaced atomically, plus one blob file per version), so a restarted emulator finds
@@ -11,187 +12,44 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import tempfile
 import threading
-import time
 from collections import Counter, deque
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from .records import (
+    Activity,
+    Callback,
+    FileRecord,
+    Job,
+    PathExistsError,
+    StoreError,
+    Version,
+    VersionLimitError,
+    iso,
+    now_ms,
+    object_id,
+)
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = 1
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def iso(ms: int | None) -> str | None:
-    """ImageKit's timestamp format: ``2019-08-24T06:14:41.313Z``."""
-    if ms is None:
-        return None
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
-def object_id() -> str:
-    """24 hex digits like ImageKit's ids (a MongoDB ObjectId: seconds, then random)."""
-    return f"{int(time.time()) & 0xFFFFFFFF:08x}{secrets.token_hex(8)}"
-
-
-class StoreError(Exception):
-    pass
-
-
-class VersionLimitError(StoreError):
-    pass
-
-
-class PathExistsError(StoreError):
-    pass
-
-
-@dataclass
-class Version:
-    id: str
-    number: int
-    created_at: int
-    updated_at: int
-    mime: str
-    size: int
-    sha256: str
-    file_type: str  # "image" or "non-image"
-    width: int | None = None
-    height: int | None = None
-    has_alpha: bool = False
-    source: str = "upload"  # upload, overwrite, remove-bg
-    job_id: str | None = None
-    tags: list[str] | None = None
-    ai_tags: list[dict[str, Any]] | None = None
-    custom_metadata: dict[str, Any] = field(default_factory=dict)
-    custom_coordinates: str | None = None
-    description: str | None = None
-    is_published: bool = True
-
-    @property
-    def name(self) -> str:
-        return f"Version {self.number}"
-
-
-@dataclass
-class FileRecord:
-    id: str
-    name: str
-    file_path: str
-    created_at: int
-    is_private: bool
-    current_version_id: str
-    versions: list[Version] = field(default_factory=list)
-    #: The fileName the client asked for (before sanitising / the unique suffix).
-    requested_name: str = ""
-
-    @property
-    def current(self) -> Version:
-        return self.version(self.current_version_id)  # type: ignore[return-value]
-
-    def version(self, version_id: str) -> Version | None:
-        for version in self.versions:
-            if version.id == version_id:
-                return version
-        return None
-
-    def next_number(self) -> int:
-        return max((v.number for v in self.versions), default=0) + 1
-
-
-@dataclass
-class Job:
-    id: str
-    file_id: str
-    service: str
-    options: dict[str, Any]
-    source_version_id: str
-    webhook_url: str | None
-    origin: str  # "upload" or "update"
-    request_id: str
-    created_at: int
-    status: str = "pending"  # pending, running, success, failed
-    result_version_id: str | None = None
-    error: dict[str, Any] | None = None
-    started_at: int | None = None
-    finished_at: int | None = None
-    callback_id: str | None = None
-
-
-@dataclass
-class Callback:
-    id: str
-    job_id: str
-    file_id: str
-    service: str
-    status_reported: str  # SUCCESS or FAILURE
-    url: str
-    body: str
-    webhook_id: str
-    created_at: int
-    #: scheduled -> delivered | gave_up; lost (never sent); cancelled (reset/stop)
-    status: str = "scheduled"
-    copies: int = 1
-    deliveries: int = 0
-    fail_first_attempts: int = 0
-    unsigned: bool = False
-    first_attempt_at: int | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-
-
-class Activity:
-    """Counts work in progress (queued/running jobs, scheduled/in-flight callbacks)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._counts: Counter[str] = Counter()
-
-    def add(self, kind: str, n: int = 1) -> None:
-        with self._cond:
-            self._counts[kind] += n
-
-    def done(self, kind: str, n: int = 1) -> None:
-        with self._cond:
-            self._counts[kind] -= n
-            if self._counts[kind] <= 0:
-                del self._counts[kind]
-            self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def busy(self, kind: str) -> Iterator[None]:
-        self.add(kind)
-        try:
-            yield
-        finally:
-            self.done(kind)
-
-    def clear(self, kind: str) -> None:
-        with self._cond:
-            self._counts.pop(kind, None)
-            self._cond.notify_all()
-
-    def snapshot(self) -> dict[str, int]:
-        with self._cond:
-            return {k: v for k, v in self._counts.items() if v > 0}
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while any(v > 0 for v in self._counts.values()):
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining if remaining is None else min(remaining, 0.5))
-            return True
+__all__ = [
+    "Activity",
+    "Callback",
+    "FileRecord",
+    "Job",
+    "PathExistsError",
+    "Store",
+    "StoreError",
+    "Version",
+    "VersionLimitError",
+    "iso",
+    "now_ms",
+    "object_id",
+]
 
 
 class Store:
@@ -204,6 +62,8 @@ class Store:
         self.callbacks: dict[str, Callback] = {}
         self.uploads_by_name: Counter[str] = Counter()
         self.quota_used = 0
+        #: Every paid remove-bg run: job, file, sha256 of the input, options.
+        self.runs: list[dict[str, Any]] = []
         self.requests: deque[dict[str, Any]] = deque(maxlen=2000)
         self._blobs: dict[str, bytes] = {}
         if self.data_dir:
@@ -230,6 +90,7 @@ class Store:
         self.callbacks = {c["id"]: Callback(**c) for c in data.get("callbacks", [])}
         self.uploads_by_name = Counter(data.get("uploads_by_name", {}))
         self.quota_used = int(data.get("quota_used", 0))
+        self.runs = list(data.get("runs", []))
 
     def save(self) -> None:
         """Write the index (callers hold ``lock``). A no-op in memory mode."""
@@ -242,6 +103,7 @@ class Store:
             "callbacks": [asdict(c) for c in self.callbacks.values()],
             "uploads_by_name": dict(self.uploads_by_name),
             "quota_used": self.quota_used,
+            "runs": self.runs,
         }
         fd, tmp = tempfile.mkstemp(prefix=".index-", dir=self.data_dir)
         try:
@@ -403,6 +265,54 @@ class Store:
             self.save()
             return record, version
 
+    def add_result_file(
+        self, file_id: str, name: str, data: bytes, info: dict[str, Any], job_id: str
+    ) -> tuple[FileRecord, Version]:
+        """A remove-bg result stored as a new file named ``name`` in the source's folder
+        (the new-file knob), carrying the source's current metadata."""
+        with self.lock:
+            source = self.files.get(file_id)
+            if source is None:
+                raise StoreError(f"file {file_id} no longer exists")
+            current = source.current
+            meta = {
+                "tags": current.tags,
+                "ai_tags": current.ai_tags,
+                "custom_metadata": current.custom_metadata,
+                "custom_coordinates": current.custom_coordinates,
+                "description": current.description,
+            }
+            folder = source.file_path.rsplit("/", 1)[0]
+            new_id = object_id()
+            version = self.new_version(
+                None, data, info, meta, "remove-bg", job_id=job_id, version_id=new_id
+            )
+            self._put_blob(version.id, data)
+            record = FileRecord(
+                id=new_id,
+                name=name,
+                file_path=f"{folder}/{name}",
+                created_at=version.created_at,
+                is_private=source.is_private,
+                current_version_id=version.id,
+                versions=[version],
+                requested_name=name,
+            )
+            self.files[new_id] = record
+            self.paths[record.file_path] = new_id
+            self.save()
+            return record, version
+
+    def add_run(self, run: dict[str, Any]) -> None:
+        """Record one paid remove-bg run."""
+        with self.lock:
+            self.runs.append(run)
+            self.save()
+
+    def list_files(self) -> list[FileRecord]:
+        with self.lock:
+            return list(self.files.values())
+
     def update_current(self, file_id: str, changes: dict[str, Any]) -> FileRecord:
         with self.lock:
             record = self.files[file_id]
@@ -494,6 +404,7 @@ class Store:
             self.requests.clear()
             self._blobs.clear()
             self.quota_used = 0
+            self.runs.clear()
             self.save()
 
     def state(self) -> dict[str, Any]:
@@ -536,6 +447,10 @@ class Store:
                     "fileId": j.file_id,
                     "service": j.service,
                     "options": j.options,
+                    "requestedOptions": j.requested_options,
+                    "inputSha256": j.input_sha256,
+                    "synchronous": j.synchronous,
+                    "resultFileId": j.result_file_id,
                     "status": j.status,
                     "origin": j.origin,
                     "requestId": j.request_id,
@@ -587,5 +502,7 @@ class Store:
                 "callbacks": callbacks,
                 "callbackAttempts": attempts,
                 "quota": {"used": self.quota_used},
+                "removeBgRunCount": len(self.runs),
+                "removeBgRuns": [dict(run) for run in self.runs],
                 "requests": list(self.requests),
             }
