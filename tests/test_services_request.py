@@ -103,16 +103,19 @@ def test_wrong_key_fails_at_once_and_is_not_retried(emulator, settings, dummy_ta
         {"rate_limit_rate": 1.0, "rate_limit_upload": True, "rate_limit_reset_ms": 10},
     ],
 )
-def test_transient_errors_are_retried_then_pending(emulator, run_on_commit, faults):
+def test_transient_errors_are_retried_then_pending(emulator, settings, run_on_commit, faults):
+    settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "TASK_RETRY_DELAY": 60}
     set_faults(emulator, lost_rate=1.0, max_api_faults=1, endpoints=["upload"], **faults)
     product = create_product(run_on_commit)
     job = RemovalJob.objects.get(pk=product.photo.removal.pk)
     assert job.status == JobStatus.QUEUED and job.attempts == 1
     assert job.next_attempt_at is not None and job.error_code
+    # A 5xx may come after the upload was stored: the next attempt asks before sending again.
+    assert job.submission_uncertain == ("error_rate_5xx" in faults)
     assert uploads(emulator) == []
     # ImmediateBackend cannot defer: reconcile sends it once its time has come.
     summary = services.reconcile(now=timezone.now() + timedelta(minutes=5))
-    assert summary["requeued"] == 1
+    assert summary["requeued"] == 1, summary
     job.refresh_from_db()
     assert job.status == JobStatus.PENDING and job.attempts == 2 and job.error_code == ""
     assert len(uploads(emulator)) == 1
