@@ -1400,6 +1400,7 @@ def summarize(
             "answered_200": sum(1 for a in attempts if a["status"] == 200),
             "counted_failed_on_purpose": sum(1 for a in attempts if a["simulatedFailure"]),
             "app_verdicts": dict(Counter(d["verdict"] for d in snapshot["deliveries"])),
+            "counted_repeats": snapshot["counted"].get("duplicate", 0),
         },
         "api_faults_seen": dict(faults_seen),
         "tasks": dict(sorted(tasks.items())),
