@@ -188,7 +188,7 @@ def _create(
             older = lifecycle.supersede_older(
                 RemovalJob(content_type=content_type, object_id=object_id, field_name=field.name)
             )
-        job = RemovalJob.objects.create(
+        job = RemovalJob(
             content_type=content_type,
             object_id=object_id,
             field_name=field.name,
@@ -205,11 +205,12 @@ def _create(
             updated_at=now,
             finished_at=now if failure else None,
         )
+        RemovalJob.objects.db_manager(using).insert(job)
         if older:
             RemovalJob.objects.filter(pk__in=older, superseded_by__isnull=True).update(
                 superseded_by=job
             )
-        model._base_manager.filter(pk=instance.pk).update(**{removal_pointer: job.pk})
+        lifecycle.point_latest_at(model, instance.pk, field.name, job.pk, using=using)
         setattr(instance, removal_pointer, job)
         if failure is None:
             enqueue_submit_on_commit(job.pk, using=using)
