@@ -497,3 +497,13 @@ def test_a_rolled_back_request_gives_its_budget_back(emulator, settings, dummy_t
         Product.objects.create(photo=make_image("rb.png", seed=42))
         raise RuntimeError("rolled back")
     assert services.budget.remaining() == 1
+
+
+def test_commands_stop_with_an_error_once_the_budget_is_spent(emulator, settings, dummy_tasks):
+    from django.core.management import CommandError, call_command
+
+    settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "DAILY_REMOVAL_LIMIT": 1}
+    Product.objects.create(photo=make_image("c1.png", seed=50))  # spends the one unit
+    Product.objects.bulk_create([Product(photo="products/c1.png")])
+    with pytest.raises(CommandError, match="daily budget of 1"):
+        call_command("backfill_removals", "testapp.Product", "photo", stdout=io.StringIO())

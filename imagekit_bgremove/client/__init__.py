@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urljoin
 
 import requests
+from django.core.exceptions import ImproperlyConfigured
 
 from ..exceptions import (
     ImageKitError,
@@ -407,8 +408,15 @@ def get_client() -> ImageKitClient:
     from ..conf import app_settings
 
     if app_settings.emulator_mode and app_settings.EMULATOR_AUTOSTART:
-        from ..emulator.embedded import ensure_emulator
-
+        try:
+            from ..emulator.embedded import ensure_emulator
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                "No ImageKit PRIVATE_KEY is set, so the bundled emulator is used, but its "
+                f"dependencies are missing ({exc.name or exc}). Install them with "
+                "pip install 'imagekit-bgremove[emulator]', or set IMAGEKIT_BGREMOVE's "
+                "PRIVATE_KEY to use ImageKit."
+            ) from exc
         ensure_emulator(str(app_settings.EMULATOR_URL).rstrip("/"))
     key = (
         hashlib.sha256(app_settings.private_key.encode()).hexdigest(),

@@ -303,14 +303,16 @@ def _record_submission(
     """Record ImageKit's answer. ``submitted_at`` is when the request was sent (``sent_at``):
     remove-bg may finish before the answer is read."""
     now = sent_at or timezone.now()
-    version = response.get("versionInfo")
+    status = status or extension_status(response)
+    # After a synchronous success the answer describes the result, not the version sent: the
+    # original is then the file's first version (found by ``remote.find_new_version``).
+    version = response.get("versionInfo") if status != "success" else None
     file_fields = {
         "file_id": str(response.get("fileId") or job.file_id or "")[:100],
         "file_path": str(response.get("filePath") or job.file_path or "")[:500],
         "source_version_id": job.source_version_id or str((version or {}).get("id") or "")[:100],
         "submitted_at": now,
     }
-    status = status or extension_status(response)
     if status == "failed":
         lifecycle.fail(
             job.pk,

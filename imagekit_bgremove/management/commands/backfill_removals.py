@@ -59,17 +59,20 @@ class Command(BaseCommand):
         batch_size = opts["batch_size"]
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
-        summary = backfill(
-            model,
-            field,
-            options=options,
-            only_missing=opts["only_missing"],
-            dry_run=opts["dry_run"],
-            limit=opts["limit"],
-            batch_size=batch_size,
-            force=opts["force"],
-            progress=self._progress,
-        )
+        try:
+            summary = backfill(
+                model,
+                field,
+                options=options,
+                only_missing=opts["only_missing"],
+                dry_run=opts["dry_run"],
+                limit=opts["limit"],
+                batch_size=batch_size,
+                force=opts["force"],
+                progress=self._progress,
+            )
+        except services.BudgetExhausted as exc:
+            raise CommandError(f"{exc} Batches before this one were requested.") from exc
         verb = "Would request" if opts["dry_run"] else "Requested"
         self.stdout.write(
             self.style.SUCCESS(

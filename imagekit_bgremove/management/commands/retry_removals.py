@@ -79,6 +79,8 @@ class Command(BaseCommand):
                 continue
             try:
                 new = services.retry(job)
+            except services.BudgetExhausted as exc:
+                raise CommandError(f"Stopped after {retried} retried job(s): {exc}") from exc
             except ValueError as exc:
                 errors += 1
                 self.stderr.write(f"Job #{job.pk}: {exc}")
