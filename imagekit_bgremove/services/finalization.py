@@ -144,17 +144,24 @@ def fetch_result(url: str) -> tuple[bytes, str]:
             max_bytes=max_bytes,
             allowed_hosts=app_settings.result_hosts,
         )
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, DisallowedURLError):
+            raise ResultRefused(
+                "result_host_not_allowed",
+                f"The result's URL is not on an allowed ImageKit delivery host "
+                f"({exc.host or 'none'}); nothing was fetched. If it is yours, add it to "
+                "RESULT_HOSTS.",
+            ) from None
+        raise ResultRefused(
+            "result_host_not_allowed",
+            "The result's URL is not an http(s) URL on an allowed ImageKit delivery host; "
+            "nothing was fetched.",
+        ) from None
     except ResponseTooLargeError:
         raise ResultRefused(
             "result_too_large",
             f"The result is larger than RESULT_MAX_BYTES ({max_bytes} bytes); it stays at "
             f"ImageKit ({url}) and was not stored.",
-        ) from None
-    except DisallowedURLError as exc:
-        raise ResultRefused(
-            "result_host_not_allowed",
-            f"The result's URL is not on an allowed ImageKit delivery host ({exc.host or '?'}); "
-            "nothing was fetched. If it is yours, add it to RESULT_HOSTS.",
         ) from None
     fmt = sniff_image(data[:HEAD_BYTES])
     if fmt is None:

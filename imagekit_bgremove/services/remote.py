@@ -28,10 +28,12 @@ def original_bytes_url(url: str) -> str:
 
 
 def readable(exc: ImageKitError, action: str) -> str:
-    """``ImageKit refused to <action> (HTTP 400): <message>. <help> Request id <id>.``"""
-    text = f"ImageKit refused to {action}"
+    """``ImageKit refused to <action> (HTTP 400): <message>. <help> Request id <id>.``, or, when
+    no answer came, ``Could not reach ImageKit to <action>: <what happened>.``"""
     if exc.status:
-        text += f" (HTTP {exc.status})"
+        text = f"ImageKit refused to {action} (HTTP {exc.status})"
+    else:
+        text = f"Could not reach ImageKit to {action}"
     text += f": {exc.message.rstrip('.')}."
     if exc.help:
         text += f" {exc.help}"
