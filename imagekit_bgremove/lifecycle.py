@@ -12,6 +12,7 @@ the same move exactly one wins, and a worker holding a lease loses once its leas
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from django.db import connections, models, router, transaction
@@ -19,7 +20,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import queueing
-from .models import FINISHED, UNFINISHED, JobStatus, RemovalJob
+from .conf import app_settings
+from .models import FINISHED, UNFINISHED, JobStatus, RemovalJob, new_lease
 from .signals import removal_failed, removal_succeeded
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,41 @@ RESULT_FIELDS = (
     "result_width",
     "result_height",
 )
+
+
+class Refused(Exception):
+    """What a worker cannot take as it is (a source too large, a result from a host that is not
+    allowed, ...): the job fails at once with ``code``, and is not retried."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+def claim(
+    job_id: int, status: str, *, attempts: str, become: str | None = None, free: bool = False
+) -> tuple[RemovalJob, int] | None:
+    """Take job ``job_id`` in ``status`` for this worker: a fresh lease for
+    ``TASK_LEASE_SECONDS``, one more of the ``attempts`` counter, and (with ``become``) the
+    worker's state. With ``free``, only when no other worker's lease is still running.
+    Returns the job and the lease, or None when another party has it."""
+    lease = new_lease()
+    now = timezone.now()
+    jobs = RemovalJob.objects.filter(pk=job_id, status=status)
+    if free:
+        jobs = jobs.filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+    changes: dict[str, Any] = {
+        "lease_token": lease,
+        "lease_expires_at": now + timedelta(seconds=float(app_settings.TASK_LEASE_SECONDS)),
+        "next_attempt_at": None,
+        "updated_at": now,
+        attempts: models.F(attempts) + 1,
+    }
+    if become is not None:
+        changes["status"] = become
+    if not jobs.update(**changes):
+        return None
+    return RemovalJob.objects.select_related("content_type").get(pk=job_id), lease
 
 
 def pointer_names(field_name: str) -> tuple[str, str]:

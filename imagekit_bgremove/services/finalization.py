@@ -21,12 +21,9 @@ from __future__ import annotations
 import logging
 import posixpath
 import secrets
-from datetime import timedelta
 from typing import Any
 
 from django.core.files.base import ContentFile
-from django.db import models
-from django.db.models import Q
 from django.utils import timezone
 
 from .. import lifecycle, queueing
@@ -34,40 +31,19 @@ from ..callback import RemoteFile
 from ..conf import app_settings
 from ..exceptions import DisallowedURLError, ImageKitError, ResponseTooLargeError
 from ..images import HEAD_BYTES, MIME_TYPES, extension, sniff_image
-from ..models import JobStatus, RemovalJob, new_lease
+from ..models import JobStatus, RemovalJob
 from . import remote
 from .request import removal_field
 
 logger = logging.getLogger(__name__)
 
 
-class ResultRefused(Exception):
-    """The result cannot be taken (a host not allowed, not an image): fails the job at once."""
-
-    def __init__(self, code: str, message: str):
-        self.code = code
-        super().__init__(message)
-
-
 def finalize(job_id: int) -> str:
     """Store the result of a ``received`` job. Returns a short word saying what happened."""
-    lease = new_lease()
-    now = timezone.now()
-    claimed = (
-        RemovalJob.objects.filter(pk=job_id, status=JobStatus.RECEIVED)
-        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
-        .update(
-            lease_token=lease,
-            lease_expires_at=now + timedelta(seconds=float(app_settings.TASK_LEASE_SECONDS)),
-            finalize_attempts=models.F("finalize_attempts") + 1,
-            next_attempt_at=None,
-            updated_at=now,
-        )
-    )
-    if not claimed:
+    claimed = lifecycle.claim(job_id, JobStatus.RECEIVED, attempts="finalize_attempts", free=True)
+    if claimed is None:
         return "skipped"
-    job = RemovalJob.objects.select_related("content_type").get(pk=job_id)
-    storage = None
+    job, lease = claimed
     try:
         instance = job.get_target()
         if instance is None:
@@ -82,7 +58,7 @@ def finalize(job_id: int) -> str:
         storage = removal_field(type(instance), job.field_name).storage
         _remove_partial(job, storage)
         return _finalize(job, lease, storage)
-    except ResultRefused as exc:
+    except lifecycle.Refused as exc:
         lifecycle.fail(
             job.pk, [JobStatus.RECEIVED], lease=lease, error_code=exc.code, error_message=str(exc)
         )
@@ -136,7 +112,7 @@ def _finalize(job: RemovalJob, lease: int, storage: Any) -> str:
 
 def fetch_result(url: str) -> tuple[bytes, str]:
     """The bytes of a result and their image format (``png``...): fetched with ``tr=orig-true``
-    from an allowed delivery host only, at most ``RESULT_MAX_BYTES``; ResultRefused otherwise."""
+    from an allowed delivery host only, at most ``RESULT_MAX_BYTES``; Refused otherwise."""
     max_bytes = int(app_settings.RESULT_MAX_BYTES)
     try:
         data, _ = remote.client().download(
@@ -146,26 +122,26 @@ def fetch_result(url: str) -> tuple[bytes, str]:
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, DisallowedURLError):
-            raise ResultRefused(
+            raise lifecycle.Refused(
                 "result_host_not_allowed",
                 f"The result's URL is not on an allowed ImageKit delivery host "
                 f"({exc.host or 'none'}); nothing was fetched. If it is yours, add it to "
                 "RESULT_HOSTS.",
             ) from None
-        raise ResultRefused(
+        raise lifecycle.Refused(
             "result_host_not_allowed",
             "The result's URL is not an http(s) URL on an allowed ImageKit delivery host; "
             "nothing was fetched.",
         ) from None
     except ResponseTooLargeError:
-        raise ResultRefused(
+        raise lifecycle.Refused(
             "result_too_large",
             f"The result is larger than RESULT_MAX_BYTES ({max_bytes} bytes); it stays at "
             f"ImageKit ({url}) and was not stored.",
         ) from None
     fmt = sniff_image(data[:HEAD_BYTES])
     if fmt is None:
-        raise ResultRefused(
+        raise lifecycle.Refused(
             "result_not_image",
             f"ImageKit served something that is not an image for {url}; nothing was stored.",
         )
@@ -194,7 +170,7 @@ def _result_to_fetch(job: RemovalJob) -> RemoteFile:
         return recorded
     confirmed = remote.confirm(job)
     if confirmed is None:
-        raise ResultRefused(
+        raise lifecycle.Refused(
             "result_unconfirmed",
             f"ImageKit does not know result version {job.result_version_id or '?'} of file "
             f"{recorded.file_id}; the callback was not confirmed and nothing was stored.",

@@ -15,10 +15,9 @@ import hashlib
 import logging
 import posixpath
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from django.db import models
 from django.utils import timezone
 
 from .. import lifecycle, queueing
@@ -26,7 +25,7 @@ from ..callback import extension_status
 from ..conf import app_settings
 from ..exceptions import ImageKitError
 from ..images import HEAD_BYTES, sniff_image
-from ..models import JobStatus, RemovalJob, new_lease
+from ..models import JobStatus, RemovalJob
 from ..options import OptionsError, RemoveBgOptions
 from . import dedupe, remote, results
 from .reconciliation import schedule_check
@@ -38,32 +37,17 @@ HASH_CHUNK = 1024 * 1024
 _IMAGEKIT_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
-class SourceRefused(Exception):
-    """The original cannot be sent as it is (too large, not an image): fails the job at once."""
-
-    def __init__(self, code: str, message: str):
-        self.code = code
-        super().__init__(message)
-
-
 def submit(job_id: int) -> str:
     """Send a queued job to ImageKit. Returns a short word saying what happened."""
-    lease = new_lease()
-    now = timezone.now()
-    claimed = RemovalJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
-        status=JobStatus.SUBMITTING,
-        lease_token=lease,
-        lease_expires_at=now + timedelta(seconds=float(app_settings.TASK_LEASE_SECONDS)),
-        attempts=models.F("attempts") + 1,
-        next_attempt_at=None,
-        updated_at=now,
+    claimed = lifecycle.claim(
+        job_id, JobStatus.QUEUED, become=JobStatus.SUBMITTING, attempts="attempts"
     )
-    if not claimed:
+    if claimed is None:
         return "skipped"
-    job = RemovalJob.objects.select_related("content_type").get(pk=job_id)
+    job, lease = claimed
     try:
         return _submit(job, lease)
-    except SourceRefused as exc:
+    except lifecycle.Refused as exc:
         lifecycle.fail(
             job.pk, [JobStatus.SUBMITTING], lease=lease, error_code=exc.code, error_message=str(exc)
         )
@@ -165,14 +149,14 @@ def upload_folder(field: Any) -> str:
 
 
 def _inspect_source(storage: Any, name: str) -> tuple[str, int]:
-    """sha256 and size of the stored original; SourceRefused when ImageKit would refuse it."""
+    """sha256 and size of the stored original; Refused when ImageKit would refuse it."""
     limit = int(app_settings.MAX_UPLOAD_BYTES)
     try:
         size = storage.size(name)
     except (NotImplementedError, AttributeError):
         size = None
     if size is not None and size > limit:
-        raise SourceRefused(
+        raise lifecycle.Refused(
             "source_too_large",
             f"The image is {size} bytes, over the {limit}-byte upload limit (MAX_UPLOAD_BYTES, "
             "your ImageKit plan's limit); nothing was sent.",
@@ -189,13 +173,13 @@ def _inspect_source(storage: Any, name: str) -> tuple[str, int]:
             digest.update(chunk)
             total += len(chunk)
     if total > limit:
-        raise SourceRefused(
+        raise lifecycle.Refused(
             "source_too_large",
             f"The image is {total} bytes, over the {limit}-byte upload limit "
             "(MAX_UPLOAD_BYTES); nothing was sent.",
         )
     if sniff_image(head) is None:
-        raise SourceRefused(
+        raise lifecycle.Refused(
             "source_not_image",
             f"{posixpath.basename(name)!r} is not an image ImageKit can work on (not PNG, JPEG, "
             "WebP, GIF, BMP, TIFF or AVIF); nothing was sent. Upload an image file.",

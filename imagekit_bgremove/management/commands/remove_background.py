@@ -34,9 +34,10 @@ from imagekit_bgremove.callback import CallbackError, RemoteFile, extension_stat
 from imagekit_bgremove.conf import app_settings
 from imagekit_bgremove.exceptions import ImageKitError
 from imagekit_bgremove.images import sniff_image
+from imagekit_bgremove.lifecycle import Refused
 from imagekit_bgremove.options import OptionsError, RemoveBgOptions
 from imagekit_bgremove.services import remote
-from imagekit_bgremove.services.finalization import ResultRefused, fetch_result
+from imagekit_bgremove.services.finalization import fetch_result
 
 MAX_CALLBACK_BYTES = 1024 * 1024
 POLL_INTERVAL = 3.0
@@ -252,7 +253,7 @@ class Command(BaseCommand):
         self.say(f"result received (version {result.version_id or '?'})")
         try:
             content, _fmt = fetch_result(result.url)
-        except (ImageKitError, ResultRefused) as exc:
+        except (ImageKitError, Refused) as exc:
             raise CommandError(f"Downloading the result failed: {exc}") from exc
         try:
             png = as_png(content)
