@@ -6,7 +6,11 @@ service layer can enqueue work without importing ``tasks.py``, which imports the
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import queue
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -83,6 +87,66 @@ def _joins_transaction(using: str | None) -> bool:
     return router.db_for_write(DBTaskResult) == (using or DEFAULT_DB_ALIAS)
 
 
+class _Dispatcher:
+    """Enqueues, on a thread of this process, the tasks that commits hand over, so that a request
+    never waits for the task queue (with ImmediateBackend, not for the task itself either).
+
+    What it has not enqueued when the process dies (SIGKILL, a crash) is recorded as a queued
+    job all the same; ``reconcile_removals`` enqueues it. A normal exit waits a few seconds for
+    the queue to drain."""
+
+    def __init__(self) -> None:
+        self._items: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._pending = 0
+        self._pid = 0
+        self._thread: threading.Thread | None = None
+
+    def put(self, *item: Any) -> None:
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                # First use in this process (or after a fork): a thread of its own.
+                self._pid = os.getpid()
+                self._pending = 0
+                self._thread = threading.Thread(
+                    target=self._run, name="imagekit-bgremove-enqueue", daemon=True
+                )
+                self._thread.start()
+            self._pending += 1
+        self._items.put(item)
+
+    def _run(self) -> None:
+        from django.db import close_old_connections
+
+        while True:
+            name, args, run_after, on_error = self._items.get()
+            try:
+                enqueue_now(name, *args, run_after=run_after, on_error=on_error)
+            finally:
+                close_old_connections()
+                with self._lock:
+                    self._pending -= 1
+                    if self._pending <= 0:
+                        self._idle.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything handed over is enqueued; returns whether it was."""
+        with self._lock:
+            if self._pid != os.getpid():
+                return True
+            return self._idle.wait_for(lambda: self._pending <= 0, timeout=timeout)
+
+
+_dispatcher = _Dispatcher()
+atexit.register(_dispatcher.flush, 5.0)
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Wait until the enqueues this process handed to its background thread are done."""
+    return _dispatcher.flush(timeout)
+
+
 def enqueue_on_commit(
     name: str,
     *args: Any,
@@ -90,12 +154,19 @@ def enqueue_on_commit(
     on_error: Callable[[BaseException], None] | None = None,
     using: str | None = None,
 ) -> None:
-    """Enqueue so that the task exists exactly when the current transaction commits (at once
-    outside a transaction); nothing on rollback.
+    """Enqueue once the current transaction commits (at once outside a transaction); nothing on
+    rollback. A crash between the commit and the enqueue leaves the job recorded but not
+    enqueued: ``reconcile_removals`` enqueues it.
 
-    With a database task backend on the same database the task row is part of the transaction.
-    Otherwise the task is enqueued right after the commit; a crash between the two leaves the
-    job recorded but not enqueued, and ``reconcile_removals`` enqueues it."""
+    With ``ENQUEUE_IN_BACKGROUND`` (the default) the commit only hands the task to this
+    process's enqueue thread, so the request pays nothing for the queue. Without it the task is
+    enqueued in the committing thread, and with a database task backend on the same database its
+    row is even written in the transaction itself."""
+    if app_settings.ENQUEUE_IN_BACKGROUND:
+        transaction.on_commit(
+            lambda: _dispatcher.put(name, args, run_after, on_error), using=using, robust=True
+        )
+        return
     connection = transaction.get_connection(using)
     if connection.in_atomic_block and _joins_transaction(using):
         enqueue(name, *args, run_after=run_after)
