@@ -13,12 +13,13 @@ permission on each job's object) and queue a reconcile run.
 
 Modules: ``display`` (badges, thumbnails, captions, advice), ``forms`` (the options as form
 fields), ``pages`` (the "Remove background…" page), ``mixin``, ``filters``, ``status`` (the JSON
-the live list polls) and ``jobs`` (the app's own models).
+the live list polls), ``jobs`` and ``deliveries`` (the app's own models).
 """
 
+from .deliveries import WebhookDeliveryAdmin
 from .display import RemovalState, badge, status_badge
 from .forms import RemoveBackgroundForm
-from .jobs import RemovalJobAdmin, WebhookDeliveryAdmin, attach_targets, job_target
+from .jobs import RemovalJobAdmin, attach_targets, job_target
 from .mixin import BackgroundRemovalAdminMixin
 
 __all__ = [

@@ -213,7 +213,7 @@ class RemovalState:
     def __init__(self, obj: models.Model, field_name: str, *, label: str = ""):
         self.obj = obj
         self.field_name = field_name
-        self.label = label or field_name
+        self.label = label  # shown only when the model has several removal fields
         self.file = getattr(obj, field_name, None)
         self.job: RemovalJob | None = getattr(obj, f"{field_name}_removal", None)
         self.status: str | None = self.job.status if self.job is not None else None

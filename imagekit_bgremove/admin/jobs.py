@@ -21,16 +21,16 @@ from django.db import models
 from django.http import HttpResponseRedirect
 from django.template.defaultfilters import date as date_filter
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from .. import services
 from ..compat import TaskResultStatus
-from ..models import DeliveryVerdict, JobStatus, RemovalJob, WebhookDelivery
+from ..models import JobStatus, RemovalJob
 from .display import (
     EMULATOR_NOTE,
-    badge,
     can_change_target,
     error_advice,
     file_url,
@@ -45,15 +45,6 @@ from .display import (
 )
 from .filters import JobModelFilter, JobStatusFilter, ObjectIdFilter
 from .forms import ADMIN_STATIC
-
-VERDICT_CSS = {
-    DeliveryVerdict.ACCEPTED: "ikbg-s-succeeded",
-    DeliveryVerdict.DUPLICATE: "ikbg-s-queued",
-    DeliveryVerdict.IGNORED: "ikbg-s-none",
-    DeliveryVerdict.MALFORMED: "ikbg-s-waiting",
-    DeliveryVerdict.UNAUTHENTIC: "ikbg-s-failed",
-    DeliveryVerdict.ERROR: "ikbg-s-failed",
-}
 
 
 def attach_targets(jobs: Sequence[RemovalJob]) -> None:
@@ -196,7 +187,7 @@ class RemovalJobAdmin(ReadOnlyAdmin):
         how = job.get_trigger_display()
         return format_html(
             '<span class="ikbg-nowrap">{}</span><span class="ikbg-sub">{}</span>',
-            date_filter(job.created_at, "DATETIME_FORMAT"),
+            date_filter(timezone.localtime(job.created_at), "DATETIME_FORMAT"),
             f"{how} · {who}" if who else how,
         )
 
@@ -215,7 +206,6 @@ class RemovalJobAdmin(ReadOnlyAdmin):
                 "fields": [
                     "status_detail",
                     "object_column",
-                    "field_name",
                     "options_detail",
                     "force",
                     "requested_column",
@@ -300,7 +290,7 @@ class RemovalJobAdmin(ReadOnlyAdmin):
             json.dumps(job.options, sort_keys=True),
         )
 
-    @admin.display(description=gettext_lazy("attempts"))
+    @admin.display(description=gettext_lazy("retries"))
     def retry_detail(self, job: RemovalJob) -> str:
         parts = []
         if job.retry_of_id:
@@ -396,7 +386,7 @@ class RemovalJobAdmin(ReadOnlyAdmin):
         return super().change_view(request, object_id, form_url, extra)
 
     def retry_view(self, request, object_id):
-        from .mixin import retry_page
+        from .pages import retry_page
 
         job = self.get_object(request, unquote(object_id))
         if job is None:
@@ -524,51 +514,4 @@ def figure(url: str | None, alt: str, caption) -> str:
     )
 
 
-@admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(ReadOnlyAdmin):
-    list_display = [
-        "id",
-        "received_at",
-        "verdict_badge",
-        "status_code",
-        "job_link",
-        "remote_addr",
-        "body_size",
-        "signature_scheme",
-    ]
-    list_filter = ["verdict", "status_code", "signature_scheme"]
-    search_fields = ["job__file_id", "outcome", "error"]
-    date_hierarchy = "received_at"
-    list_select_related = ["job"]
-
-    def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields if f.name != "headers"] + ["pretty_headers"]
-
-    @admin.display(description=gettext_lazy("verdict"), ordering="verdict")
-    def verdict_badge(self, delivery: WebhookDelivery) -> str:
-        if not delivery.verdict:
-            return badge(_("Open"), "ikbg-s-none")
-        return badge(
-            delivery.get_verdict_display(), VERDICT_CSS.get(delivery.verdict, "ikbg-s-queued")
-        )
-
-    @admin.display(description=gettext_lazy("job"))
-    def job_link(self, delivery: WebhookDelivery) -> str:
-        if not delivery.job_id:
-            return "-"
-        url = reverse(
-            f"{self.admin_site.name}:imagekit_bgremove_removaljob_change", args=[delivery.job_id]
-        )
-        return format_html('<a href="{}">#{}</a>', url, delivery.job_id)
-
-    @admin.display(description=gettext_lazy("headers"))
-    def pretty_headers(self, delivery: WebhookDelivery) -> str:
-        return format_html(
-            "<table>{}</table>",
-            format_html_join(
-                "", "<tr><th>{}</th><td><code>{}</code></td></tr>", sorted(delivery.headers.items())
-            ),
-        )
-
-
-__all__ = ["RemovalJobAdmin", "WebhookDeliveryAdmin", "attach_targets", "file_url", "job_target"]
+__all__ = ["ReadOnlyAdmin", "RemovalJobAdmin", "attach_targets", "file_url", "job_target"]

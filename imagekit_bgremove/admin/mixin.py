@@ -12,7 +12,7 @@ from django.contrib.admin.utils import flatten_fieldsets, quote, unquote
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.db import models
 from django.http import HttpResponseRedirect
-from django.template.loader import get_template, render_to_string, select_template
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.translation import gettext as _
@@ -29,11 +29,11 @@ from .display import (
     is_emulator,
     job_badge,
     job_error,
-    needs_new_options,
     options_summary,
 )
 from .filters import removal_status_filter
 from .forms import ADMIN_STATIC, RemoveBackgroundForm, upload_option_fields, upload_prefix
+from .pages import retry_page, wrap_template
 
 OPTION_NAMES = RemoveBgOptions.field_names()
 
@@ -504,64 +504,3 @@ class BackgroundRemovalAdminMixin:
             )
             return HttpResponseRedirect(self._change_url(obj))
         return retry_page(self, request, job, obj, field_name, done_url=self._change_url(obj))
-
-
-def wrap_template(response: TemplateResponse, template: str) -> None:
-    """Render ``template`` instead, extending the template the response would have used (so
-    project and app overrides of Django's templates keep working)."""
-    names = response.template_name
-    parent = get_template(names) if isinstance(names, str) else select_template(names)
-    response.context_data["ikbg_parent_template"] = parent
-    response.template_name = template
-
-
-def retry_page(model_admin, request, job: RemovalJob, obj, field_name: str, *, done_url: str):
-    """The retry page of a failed job (from the object's change form or the jobs admin): the
-    failed job's error and options, editable; POST retries it."""
-    bound = request.method == "POST" and ("apply" in request.POST or "_recount" in request.POST)
-    form = RemoveBackgroundForm(
-        request.POST if bound else None,
-        field_choices=[(field_name, field_name)],
-        base=job.remove_bg_options,
-    )
-    form.fields.pop("force")
-    valid = bound and form.is_valid()
-    options = form.cleaned_data["options"] if valid else job.remove_bg_options
-    plan = pages.make_plan([obj], field_name, options, force=True, allowed=lambda o: True)
-    if valid and "apply" in request.POST:
-        try:
-            new = services.retry(job, user=request.user, options=options)
-        except services.BudgetExhausted as exc:
-            form.add_error(None, str(exc))
-        except (services.NotRetryable, services.AlreadyRetried) as exc:
-            model_admin.message_user(request, str(exc), messages.WARNING)
-            return HttpResponseRedirect(done_url)
-        except (services.RequestError, OptionsError) as exc:
-            form.add_error(None, str(exc))
-        else:
-            model_admin.message_user(
-                request,
-                _("Job #%(old)d is being retried as job #%(new)d.")
-                % {"old": job.pk, "new": new.pk},
-                messages.SUCCESS,
-            )
-            return HttpResponseRedirect(done_url)
-    return pages.render(
-        model_admin,
-        request,
-        form=form,
-        plan=plan,
-        mode="retry",
-        title=_("Retry background removal"),
-        objects_name=str(obj._meta.verbose_name),
-        submit_label=_("Retry"),
-        job=job,
-        extra={
-            "cancel_url": done_url,
-            "crumb_obj": obj if isinstance(obj, model_admin.model) else job,
-            "job_error": job_error(job),
-            "job_advice": error_advice(job),
-            "job_needs_new_options": needs_new_options(job),
-            "job_options": options_summary(job.options),
-        },
-    )

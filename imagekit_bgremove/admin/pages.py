@@ -17,14 +17,26 @@ from django.contrib import messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import model_ngettext
 from django.db import models
+from django.http import HttpResponseRedirect
+from django.template.loader import get_template, select_template
 from django.template.response import TemplateResponse
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from .. import services
-from ..models import Trigger
+from ..models import RemovalJob, Trigger
 from ..options import OptionsError, RemoveBgOptions
-from .display import BREADCRUMBS_AS_LIST, EMULATOR_NOTE, RemovalState, is_emulator
+from .display import (
+    BREADCRUMBS_AS_LIST,
+    EMULATOR_NOTE,
+    RemovalState,
+    error_advice,
+    is_emulator,
+    job_error,
+    needs_new_options,
+    options_summary,
+)
+from .forms import RemoveBackgroundForm
 
 #: Why an object is not sent (shown per object and counted in the summary).
 SEND = "send"
@@ -232,3 +244,64 @@ def render(
 
 def objects_label(model_admin, count: int) -> str:
     return str(model_ngettext(model_admin.model._meta, count))
+
+
+def wrap_template(response: TemplateResponse, template: str) -> None:
+    """Render ``template`` instead, extending the template the response would have used (so
+    project and app overrides of Django's templates keep working)."""
+    names = response.template_name
+    parent = get_template(names) if isinstance(names, str) else select_template(names)
+    response.context_data["ikbg_parent_template"] = parent
+    response.template_name = template
+
+
+def retry_page(model_admin, request, job: RemovalJob, obj, field_name: str, *, done_url: str):
+    """The retry page of a failed job (from the object's change form or the jobs admin): the
+    failed job's error and options, editable; POST retries it."""
+    bound = request.method == "POST" and ("apply" in request.POST or "_recount" in request.POST)
+    form = RemoveBackgroundForm(
+        request.POST if bound else None,
+        field_choices=[(field_name, field_name)],
+        base=job.remove_bg_options,
+    )
+    form.fields.pop("force")
+    valid = bound and form.is_valid()
+    options = form.cleaned_data["options"] if valid else job.remove_bg_options
+    plan = make_plan([obj], field_name, options, force=True, allowed=lambda o: True)
+    if valid and "apply" in request.POST:
+        try:
+            new = services.retry(job, user=request.user, options=options)
+        except services.BudgetExhausted as exc:
+            form.add_error(None, str(exc))
+        except (services.NotRetryable, services.AlreadyRetried) as exc:
+            model_admin.message_user(request, str(exc), messages.WARNING)
+            return HttpResponseRedirect(done_url)
+        except (services.RequestError, OptionsError) as exc:
+            form.add_error(None, str(exc))
+        else:
+            model_admin.message_user(
+                request,
+                _("Job #%(old)d is being retried as job #%(new)d.")
+                % {"old": job.pk, "new": new.pk},
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(done_url)
+    return render(
+        model_admin,
+        request,
+        form=form,
+        plan=plan,
+        mode="retry",
+        title=_("Retry background removal"),
+        objects_name=str(obj._meta.verbose_name),
+        submit_label=_("Retry"),
+        job=job,
+        extra={
+            "cancel_url": done_url,
+            "crumb_obj": obj if isinstance(obj, model_admin.model) else job,
+            "job_error": job_error(job),
+            "job_advice": error_advice(job),
+            "job_needs_new_options": needs_new_options(job),
+            "job_options": options_summary(job.options),
+        },
+    )
