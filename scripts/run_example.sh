@@ -134,7 +134,7 @@ pids+=($!)
 # background and are waited for, so that stopping the loop stops them too (nothing orphaned).
 reconcile_loop() {
     local child=""
-    trap '[[ -n "$child" ]] && kill "$child" 2>/dev/null; exit 0' TERM INT
+    trap '[[ -n "$child" ]] && kill "$child" 2>/dev/null && wait "$child" 2>/dev/null; exit 0' TERM INT
     while :; do
         sleep "${RECONCILE_EVERY:-60}" &
         child=$!
