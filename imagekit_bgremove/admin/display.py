@@ -10,7 +10,7 @@ import django
 from django.contrib.auth import get_permission_codename
 from django.db import models
 from django.urls import NoReverseMatch, reverse
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy as _l
@@ -217,10 +217,16 @@ class RemovalState:
         self.file = getattr(obj, field_name, None)
         self.job: RemovalJob | None = getattr(obj, f"{field_name}_removal", None)
         self.status: str | None = self.job.status if self.job is not None else None
-        result_job = None
-        if self.file and hasattr(self.file, "_result_job"):
-            result_job = self.file._result_job()  # the cut-out of this very image, if any
-        self.result_job: RemovalJob | None = result_job
+        # The latest success, if it is the cut-out of this very image (not of an earlier one).
+        success: RemovalJob | None = getattr(obj, f"{field_name}_result", None)
+        if (
+            success is None
+            or success.status != JobStatus.SUCCEEDED
+            or not self.file
+            or success.source_name != self.file.name
+        ):
+            success = None
+        self.result_job: RemovalJob | None = success
 
     @property
     def has_image(self) -> bool:
@@ -312,10 +318,3 @@ def can_change_target(admin_site, request, obj: models.Model) -> bool:
     if model_admin is not None:
         return bool(model_admin.has_change_permission(request, obj))
     return has_model_perm(request.user, type(obj), "change")
-
-
-def definition_list(rows: list[tuple[str, object]]) -> SafeString:
-    return format_html(
-        '<dl class="ikbg-dl">{}</dl>',
-        format_html_join("", "<dt>{}</dt><dd>{}</dd>", ((k, v) for k, v in rows if v)),
-    )
