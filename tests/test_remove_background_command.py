@@ -143,3 +143,22 @@ def test_real_account_falls_back_to_polling(settings, tmp_path, monkeypatch):
         )
     assert "result received" in text
     assert output.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_callback_port_can_be_chosen_and_a_taken_one_is_named(emulator, tmp_path):
+    import socket
+
+    from django.core.management import CommandError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(CommandError, match=f"127.0.0.1:{port}.*--callback-port"):
+            run(
+                str(SAMPLES / "coffee.jpg"),
+                "-o",
+                str(tmp_path / "x.png"),
+                "--callback-port",
+                str(port),
+            )

@@ -80,7 +80,9 @@ def as_png(data: bytes) -> bytes:
 class CallbackListener:
     """A one-shot local HTTP server that takes ImageKit's callback and hands it over."""
 
-    def __init__(self, secrets_: list[str], *, require_signature: bool, tolerance: float):
+    def __init__(
+        self, secrets_: list[str], *, require_signature: bool, tolerance: float, port: int = 0
+    ):
         self.path = f"/callback/{secrets.token_urlsafe(16)}/"
         self.received: queue.Queue[dict[str, Any]] = queue.Queue()
         self.problems: queue.Queue[str] = queue.Queue()
@@ -129,7 +131,13 @@ class CallbackListener:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # quiet: the command prints its own progress
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        try:
+            self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        except OSError as exc:
+            raise CommandError(
+                f"Cannot listen for the callback on 127.0.0.1:{port} ({exc.strerror or exc}); "
+                "choose another --callback-port, or 0 for any free port."
+            ) from exc
         self.server.daemon_threads = True
         self.thread = threading.Thread(
             target=self.server.serve_forever, name="remove_background-callback", daemon=True
@@ -168,6 +176,13 @@ class Command(BaseCommand):
             help="Turn off semi-transparency (car windows).",
         )
         parser.add_argument(
+            "--callback-port",
+            type=int,
+            default=0,
+            help="Local port that receives ImageKit's callback (default 0: any free port; the "
+            "command prints it).",
+        )
+        parser.add_argument(
             "--timeout",
             type=float,
             default=120.0,
@@ -191,7 +206,7 @@ class Command(BaseCommand):
 
         started = self._start_emulator()
         try:
-            self._run(source, data, output, options, timeout)
+            self._run(source, data, output, options, timeout, opts["callback_port"])
         finally:
             if started is not None:
                 # Let a removal still in progress (after a timeout) finish cleanly before exit.
@@ -212,7 +227,13 @@ class Command(BaseCommand):
         return after if after is not None and after is not before else None
 
     def _run(
-        self, source: Path, data: bytes, output: Path, options: RemoveBgOptions, timeout: float
+        self,
+        source: Path,
+        data: bytes,
+        output: Path,
+        options: RemoveBgOptions,
+        timeout: float,
+        callback_port: int,
     ) -> None:
         from imagekit_bgremove.client import get_client
 
@@ -222,7 +243,9 @@ class Command(BaseCommand):
             secrets_,
             require_signature=bool(app_settings.WEBHOOK_REQUIRE_SIGNATURE),
             tolerance=float(app_settings.WEBHOOK_TOLERANCE_SECONDS),
+            port=callback_port,
         ) as listener:
+            self.say(f"waiting for the callback on {listener.url}")
             self.say(
                 f"uploading {source.name} ({len(data) // 1024 or 1} KB) to "
                 f"{client.upload_base_url} with remove-bg ({options})…"
