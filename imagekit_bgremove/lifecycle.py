@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from . import queueing
 from .conf import app_settings
-from .models import FINISHED, UNFINISHED, JobStatus, RemovalJob, new_lease
+from .models import UNFINISHED, JobStatus, RemovalJob, new_lease
 from .signals import removal_failed, removal_succeeded
 
 logger = logging.getLogger(__name__)
@@ -208,36 +208,41 @@ def settle_waiters(original_id: int) -> int:
     return sum(settle_waiter(job_id) for job_id in list(waiting))
 
 
+def in_flight(job: RemovalJob) -> bool:
+    """Whether ImageKit is still working on a run this superseded or cancelled job paid for: it
+    was sent (it has a fileId), and neither its result nor its failure has come."""
+    return (
+        bool(job.file_id)
+        and not job.result_url
+        and job.error_code not in ("removal_failed", "no_result")
+    )
+
+
 def settle_waiter(job_id: int) -> bool:
     """Give a waiting job its original's result or fate. Returns whether it moved.
 
-    - original received or succeeded: the result is copied over and finalized for this job too;
-    - original superseded or cancelled (a newer image replaced it, or its object went): nothing
-      is wrong with this job's image, so it is queued to be sent on its own;
-    - original failed: this job fails with the same reason."""
+    - the original has its result (received or succeeded, or kept by a superseded or cancelled
+      original): it is copied over and stored for this job too;
+    - the original failed, or remove.bg refused the run a superseded original paid for: this
+      job fails with the same reason;
+    - the original was superseded or cancelled before ImageKit had its image: nothing is wrong
+      with this job's image, so it is queued to be sent on its own. While the superseded
+      original's run is still at ImageKit, the job keeps waiting for it."""
     job = RemovalJob.objects.select_related("duplicate_of").filter(pk=job_id).first()
     if job is None or job.status != JobStatus.WAITING or job.duplicate_of is None:
         return False
     original = job.duplicate_of
-    if original.status in (JobStatus.RECEIVED, JobStatus.SUCCEEDED) and original.result_url:
+    gone = original.status in (JobStatus.SUPERSEDED, JobStatus.CANCELLED)
+    if original.result_url and (
+        gone or original.status in (JobStatus.RECEIVED, JobStatus.SUCCEEDED)
+    ):
         fields = {name: getattr(original, name) for name in RESULT_FIELDS}
         fields["file_id"] = original.file_id
         if RemovalJob.objects.transition(job.pk, [JobStatus.WAITING], JobStatus.RECEIVED, **fields):
             queueing.enqueue_on_commit(queueing.FINALIZE, job.pk)
             return True
         return False
-    if original.status in (JobStatus.SUPERSEDED, JobStatus.CANCELLED):
-        if RemovalJob.objects.transition(
-            job.pk,
-            [JobStatus.WAITING],
-            JobStatus.QUEUED,
-            duplicate_of=None,
-            next_attempt_at=None,
-        ):
-            queueing.enqueue_on_commit(queueing.SUBMIT, job.pk)
-            return True
-        return False
-    if original.status in FINISHED:  # failed
+    if original.status == JobStatus.FAILED or (gone and original.error_code == "removal_failed"):
         return fail(
             job.pk,
             [JobStatus.WAITING],
@@ -248,4 +253,15 @@ def settle_waiter(job_id: int) -> bool:
             )[:5000],
             error_details=original.error_details,
         )
+    if gone and not in_flight(original):
+        if RemovalJob.objects.transition(
+            job.pk,
+            [JobStatus.WAITING],
+            JobStatus.QUEUED,
+            duplicate_of=None,
+            next_attempt_at=None,
+        ):
+            queueing.enqueue_on_commit(queueing.SUBMIT, job.pk)
+            return True
+        return False
     return False

@@ -4,9 +4,9 @@ Every task is safe to run twice and to be killed at any line (the services claim
 atomic, leased state transitions), so any backend works: ``ImmediateBackend`` in development,
 ``django_tasks_db``'s ``DatabaseBackend`` (``manage.py db_worker``) in production, RQ, or another.
 
-The tasks are bound to ``TASK_BACKEND`` when that alias exists (else to ``default``, else to the
-first configured one), only so that defining them never fails; every enqueue picks the backend
-and queue from the settings of that moment (``queueing.enqueue``).
+The tasks are defined on ``TASK_BACKEND`` and ``TASK_QUEUE`` when those are configured (see
+``_bindable``), only so that defining them never fails; every enqueue picks the backend and
+queue from the settings of that moment (``queueing.enqueue``).
 """
 
 from __future__ import annotations
@@ -18,19 +18,26 @@ from .compat import task
 from .conf import app_settings
 
 
-def _bindable_backend() -> str:
-    configured = list(getattr(settings, "TASKS", None) or {"default": None})
-    wanted = str(app_settings.TASK_BACKEND)
-    if wanted in configured:
-        return wanted
-    return "default" if "default" in configured else configured[0]
+def _bindable() -> tuple[str, str]:
+    """A backend alias and queue the tasks can be defined on without failing: TASK_BACKEND and
+    TASK_QUEUE when configured (else "default", else the first backend, with one of its queues).
+    Defining a task validates it against its backend; enqueueing picks the settings of the
+    moment anyway."""
+    configured = getattr(settings, "TASKS", None) or {"default": {}}
+    wanted, queue = str(app_settings.TASK_BACKEND), str(app_settings.TASK_QUEUE)
+    alias = wanted if wanted in configured else ("default" if "default" in configured else "")
+    alias = alias or next(iter(configured))
+    queues = list((configured.get(alias) or {}).get("QUEUES") or [])
+    if queues and queue not in queues:
+        queue = "default" if "default" in queues else queues[0]
+    return alias, queue
 
 
-_BACKEND = _bindable_backend()
+_BACKEND, _QUEUE = _bindable()
 
 
 @queueing.register
-@task(backend=_BACKEND)
+@task(backend=_BACKEND, queue_name=_QUEUE)
 def submit_removal(job_id: int) -> str:
     from . import services
 
@@ -38,7 +45,7 @@ def submit_removal(job_id: int) -> str:
 
 
 @queueing.register
-@task(backend=_BACKEND)
+@task(backend=_BACKEND, queue_name=_QUEUE)
 def finalize_removal(job_id: int) -> str:
     from . import services
 
@@ -46,7 +53,7 @@ def finalize_removal(job_id: int) -> str:
 
 
 @queueing.register
-@task(backend=_BACKEND)
+@task(backend=_BACKEND, queue_name=_QUEUE)
 def check_removal(job_id: int) -> str:
     from . import services
 
@@ -54,7 +61,7 @@ def check_removal(job_id: int) -> str:
 
 
 @queueing.register
-@task(backend=_BACKEND)
+@task(backend=_BACKEND, queue_name=_QUEUE)
 def reconcile_removals() -> dict[str, int]:
     from . import services
 

@@ -171,7 +171,10 @@ def test_superseded_jobs_late_callback_is_ignored(emulator, run_on_commit):
         outcome = services.apply_callback(old.pk, payload)
     assert outcome.verdict == "ignored" and "superseded" in outcome.message
     old.refresh_from_db()
-    assert old.status == JobStatus.SUPERSEDED and not old.result_url
+    # It does not take the result (nothing is stored for it), but the paid run's result is kept
+    # on the job for an identical image saved later.
+    assert old.status == JobStatus.SUPERSEDED and not old.result_name
+    assert old.result_version_id == payload["fileObject"]["versionInfo"]["id"]
     assert services.apply_callback(10**9, payload).verdict == "ignored"
 
 
@@ -221,7 +224,7 @@ def test_unconfirmed_original_fails_its_waiting_duplicate_at_once(
     assert sorted(r[:2] for r in received) == [("failed", job1.pk), ("failed", job2.pk)]
 
 
-def test_duplicate_waiting_on_a_superseded_original_is_sent_on_its_own(
+def test_a_twin_waiting_on_a_superseded_original_takes_the_run_it_paid_for(
     emulator, run_on_commit, received
 ):
     # Two products with the same image: the second waits for the first's result.
@@ -230,23 +233,45 @@ def test_duplicate_waiting_on_a_superseded_original_is_sent_on_its_own(
     job1 = RemovalJob.objects.get(pk=first.photo.removal.pk)
     job2 = RemovalJob.objects.get(pk=second.photo.removal.pk)
     assert job2.duplicate_of_id == job1.pk and job2.status == JobStatus.WAITING
-    # The first product gets another image before its result came: its job is superseded, and
-    # the result it would have shared is ignored when it arrives.
+    payload = callback_payload(emulator, job1)
+    # The first product gets another image while its first one is at ImageKit: its job is
+    # superseded, but the run it paid for is still the twin's result.
     with run_on_commit():
         first.photo = make_image("one-new.png", seed=14)
         first.save()
     job1.refresh_from_db()
-    assert job1.status == JobStatus.SUPERSEDED
-    # Nothing is wrong with the second product's image: it is sent on its own at once (not
-    # when reconcile next runs), and not failed.
     job2.refresh_from_db()
-    assert job2.status == JobStatus.PENDING, job2.error_message
-    assert job2.duplicate_of_id is None and job2.file_id and job2.file_id != job1.file_id
+    assert job1.status == JobStatus.SUPERSEDED and job2.status == JobStatus.WAITING
     with run_on_commit():
-        services.apply_callback(job2.pk, callback_payload(emulator, job2))
+        services.apply_callback(job1.pk, payload)
     job2.refresh_from_db()
     assert job2.status == JobStatus.SUCCEEDED and default_storage.exists(job2.result_name)
+    assert job2.result_version_id == payload["fileObject"]["versionInfo"]["id"]
+    runs = [r for r in emulator.state()["removeBgRuns"] if r["inputSha256"] == job2.source_hash]
+    assert len(runs) == 1  # paid once for the two products
     assert ("failed", job2.pk) not in [r[:2] for r in received]
+
+
+def test_a_twin_whose_original_never_reached_imagekit_is_sent_on_its_own(
+    emulator, run_on_commit, dummy_tasks
+):
+    from imagekit_bgremove.services import dedupe
+
+    first = Product.objects.create(photo=make_image("one.png", seed=15))
+    second = Product.objects.create(photo=make_image("two.png", seed=15))
+    job1, job2 = first.photo_removal, second.photo_removal
+    # Both are being submitted; the first claims the image and is about to upload it.
+    RemovalJob.objects.filter(pk__in=[job1.pk, job2.pk]).update(
+        status=JobStatus.SUBMITTING, lease_token=7
+    )
+    assert dedupe.claim(job1, "same-image-key", lease=7) == "own"
+    assert dedupe.claim(job2, "same-image-key", lease=7) == "wait"
+    # The first product gets another image before its upload left: nothing is on its way.
+    with run_on_commit():
+        first.photo = make_image("one-new.png", seed=16)
+        first.save()
+    job2.refresh_from_db()
+    assert job2.status == JobStatus.QUEUED and job2.duplicate_of_id is None
 
 
 def test_result_too_large_fails_and_says_where_it_is(emulator, settings, run_on_commit):
@@ -287,7 +312,7 @@ def test_a_check_finding_the_job_superseded_meanwhile_changes_nothing(emulator, 
     with run_on_commit():
         assert reconciliation.settle_pending(listed, timezone.now()) == "unchanged"
     listed.refresh_from_db()
-    assert listed.status == JobStatus.SUPERSEDED and not listed.result_url
+    assert listed.status == JobStatus.SUPERSEDED and not listed.result_name
 
 
 def test_reconcile_finds_a_lost_callbacks_result(emulator, run_on_commit):

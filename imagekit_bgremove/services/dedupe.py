@@ -3,11 +3,13 @@
 Before a job uploads, it claims its content key (sha256 of the image bytes and the options) in
 ``ContentClaim``, whose unique key makes the choice race-free across workers:
 
-- nobody holds the key, or its holder failed, was superseded or cancelled: this job takes it and
-  uploads;
-- the holder succeeded: this job shares its result (``received``, then its own copy is stored);
-- the holder is still on its way: this job waits for it (``waiting``), and is settled when the
-  holder settles (``lifecycle.settle_waiters``), or by reconcile.
+- nobody holds the key, its holder failed, or it was superseded or cancelled before ImageKit had
+  its image: this job takes the key and uploads;
+- the holder has its result (succeeded, or kept by a holder superseded or cancelled after
+  paying): this job shares it (``received``, then its own copy is stored);
+- the holder's run is still on its way (superseded or not): this job waits for it
+  (``waiting``), and is settled when the holder's result or failure comes
+  (``lifecycle.settle_waiters``), or by its scheduled check and reconcile.
 
 A ``force``d job never shares or waits.
 """
@@ -18,10 +20,12 @@ import hashlib
 from typing import Literal
 
 from django.db import transaction
+from django.utils import timezone
 
 from .. import lifecycle, queueing
 from ..models import ContentClaim, JobStatus, RemovalJob
 from ..options import RemoveBgOptions
+from .reconciliation import schedule_check
 
 Decision = Literal["own", "share", "wait"]
 
@@ -40,14 +44,16 @@ def claim(job: RemovalJob, key: str, *, lease: int) -> Decision:
         if created or held.job_id == job.pk:
             return "own"
         holder = RemovalJob.objects.filter(pk=held.job_id).first()
-        if holder is None or holder.status in (
-            JobStatus.FAILED,
-            JobStatus.SUPERSEDED,
-            JobStatus.CANCELLED,
+        gone = holder is not None and holder.status in (JobStatus.SUPERSEDED, JobStatus.CANCELLED)
+        if (
+            holder is None
+            or holder.status == JobStatus.FAILED
+            or (gone and not holder.result_url and not lifecycle.in_flight(holder))
         ):
+            # Nothing paid for is coming from it: this job pays.
             ContentClaim.objects.filter(pk=held.pk).update(job_id=job.pk)
             return "own"
-        if holder.status == JobStatus.SUCCEEDED:
+        if holder.status == JobStatus.SUCCEEDED or (gone and holder.result_url):
             fields = {name: getattr(holder, name) for name in lifecycle.RESULT_FIELDS}
             if RemovalJob.objects.transition(
                 job.pk,
@@ -69,7 +75,9 @@ def claim(job: RemovalJob, key: str, *, lease: int) -> Decision:
             duplicate_of=holder,
             next_attempt_at=None,
         )
-    if moved:
-        # The holder may have settled between our look at it and our move.
-        lifecycle.settle_waiter(job.pk)
+    # The holder may have settled between our look at it and our move; if not, a check comes
+    # back to this job in case the holder's result never reaches it by itself.
+    if moved and not lifecycle.settle_waiter(job.pk):
+        now = timezone.now()
+        schedule_check(job.pk, now, now)
     return "wait"

@@ -51,9 +51,15 @@ def schedule_check(job_id: int, submitted_at: datetime, now: datetime) -> None:
 
 
 def check(job_id: int, now: datetime | None = None) -> str:
-    """The deferred check of one pending job (see ``schedule_check``); safe to run twice."""
+    """The deferred check of one pending or waiting job (see ``schedule_check``); safe to run
+    twice."""
     now = now or timezone.now()
-    job = RemovalJob.objects.filter(pk=job_id).first()
+    job = RemovalJob.objects.select_related("duplicate_of").filter(pk=job_id).first()
+    if job is not None and job.status == JobStatus.WAITING:
+        outcome = check_waiting(job, now)
+        if outcome == "waiting":
+            schedule_check(job.pk, job.created_at, now)
+        return outcome
     if job is None or job.status != JobStatus.PENDING or job.submitted_at is None:
         return "skipped"
     if now - job.submitted_at < _seconds("RECONCILE_AFTER_SECONDS"):
@@ -111,6 +117,33 @@ _DOING = {
     JobStatus.PENDING: "waiting for ImageKit's answer",
     JobStatus.RECEIVED: "storing the result",
 }
+
+
+def check_waiting(job: RemovalJob, now: datetime) -> str:
+    """A job waiting on an identical job: settled by that job's fate; when that job was
+    superseded or cancelled while its run was at ImageKit, ImageKit is asked for the run's
+    result (its callback may be lost), and past the deadline the waiting job is sent on its
+    own. Returns "settled", "waiting" or "error"."""
+    if lifecycle.settle_waiter(job.pk):
+        return "settled"
+    original = job.duplicate_of
+    if original is None or original.status not in (JobStatus.SUPERSEDED, JobStatus.CANCELLED):
+        return "waiting"  # the original's own checks settle it
+    if not lifecycle.in_flight(original):
+        return "waiting"
+    try:
+        result = remote.find_result(original)
+    except ImageKitError as exc:
+        return "error" if exc.retryable else "waiting"
+    if result is not None:
+        results.apply_result(original.pk, result, source="check of a waiting job")
+    elif original.submitted_at and now - original.submitted_at > _seconds(
+        "PENDING_DEADLINE_SECONDS"
+    ):
+        RemovalJob.objects.filter(pk=original.pk, result_url="").update(
+            error_code="no_result", error_message="No result came from ImageKit in time."
+        )
+    return "settled" if lifecycle.settle_waiter(job.pk) else "waiting"
 
 
 def _fail_overdue(job_id: int, status: str) -> bool:
@@ -229,8 +262,8 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
             summary["finalize_requeued"] += 1
             queueing.enqueue_now(queueing.FINALIZE, job_id)
 
-    for job_id in list(jobs.filter(status=JobStatus.WAITING).values_list("pk", flat=True)):
-        summary["waiting_settled"] += lifecycle.settle_waiter(job_id)
+    for job in jobs.filter(status=JobStatus.WAITING).select_related("duplicate_of"):
+        summary["waiting_settled"] += check_waiting(job, now) == "settled"
 
     # Pending at ImageKit with no callback yet.
     stale = jobs.filter(status=JobStatus.PENDING, submitted_at__lt=after)

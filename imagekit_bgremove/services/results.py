@@ -91,14 +91,44 @@ def _apply(job_id: int, callback: Callback, *, trusted: bool, source: str) -> Ca
         job = RemovalJob.objects.select_for_update().filter(pk=job_id).first()
         if job is None:
             return CallbackOutcome("ignored", f"Job #{job_id} does not exist (deleted?).")
-        if job.status in (JobStatus.SUPERSEDED, JobStatus.CANCELLED, JobStatus.WAITING):
+        if job.status == JobStatus.WAITING:
             return CallbackOutcome(
                 "ignored", f"Job #{job.pk} is {job.status}; the {source} is ignored.", job
             )
+        if job.status in (JobStatus.SUPERSEDED, JobStatus.CANCELLED):
+            return _keep_for_identical(job, callback, source=source)
         if callback.succeeded:
             assert callback.result is not None
             return _accept_result(job, callback.result, trusted=trusted, source=source)
         return _accept_failure(job, callback)
+
+
+def _keep_for_identical(job: RemovalJob, callback: Callback, *, source: str) -> CallbackOutcome:
+    """A job that was superseded or cancelled while ImageKit worked on it does not take its
+    result, but the run was paid for: it is kept on the job (its state unchanged) for the
+    identical images waiting on it, or saved later (``dedupe``)."""
+    if job.result_url or job.error_code == "removal_failed":
+        return CallbackOutcome("ignored", f"Job #{job.pk} is {job.status}; nothing changed.", job)
+    if callback.succeeded:
+        assert callback.result is not None
+        changes: dict[str, Any] = callback.result.job_fields()
+        kept = "result"
+    else:
+        changes = {
+            "error_code": "removal_failed",
+            "error_message": failure_message(callback.reason)[:5000],
+            "error_details": callback.error
+            if isinstance(callback.error, dict)
+            else {"error": callback.error},
+        }
+        kept = "failure"
+    RemovalJob.objects.filter(pk=job.pk, status=job.status).update(**changes)
+    lifecycle.settle_waiters(job.pk)
+    return CallbackOutcome(
+        "ignored",
+        f"Job #{job.pk} is {job.status}; its {kept} ({source}) is kept for identical images.",
+        job,
+    )
 
 
 def _accept_result(

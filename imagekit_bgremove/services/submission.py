@@ -264,7 +264,7 @@ def _submit_existing_file(
             return "received"
         # No result yet: the lost PATCH may still be running. Wait for its callback; the
         # scheduled check sends it again if no result has come by then.
-        return _record_submission(job, lease, {"fileId": file_id}, status="pending")
+        return _record_submission(job, lease, {"fileId": file_id}, status="pending", uncertain=True)
     current = remote.current_version(file_id)
     if source and current is not None and current.version_id != source:
         client.restore_version(file_id, source)
@@ -283,9 +283,11 @@ def _record_submission(
     response: dict[str, Any],
     status: str | None = None,
     sent_at: datetime | None = None,
+    uncertain: bool = False,
 ) -> str:
     """Record ImageKit's answer. ``submitted_at`` is when the request was sent (``sent_at``):
-    remove-bg may finish before the answer is read."""
+    remove-bg may finish before the answer is read. An answer makes the submission certain,
+    unless ``uncertain`` (a PATCH whose answer was lost and whose result is not there yet)."""
     now = sent_at or timezone.now()
     status = status or extension_status(response)
     # After a synchronous success the answer describes the result, not the version sent: the
@@ -317,6 +319,7 @@ def _record_submission(
         JobStatus.PENDING,
         lease=lease,
         next_attempt_at=None,
+        submission_uncertain=uncertain,
         error_code="",
         error_message="",
         error_details=None,
