@@ -241,12 +241,16 @@ class RemovalAPIViewMixin:
         return self.max_body_bytes
 
     def get_authenticate_header(self, request) -> str | None:
+        """The challenge of the scheme the client tried (bad Basic credentials: Basic), else of
+        the first authentication class that has one."""
         authenticators = getattr(request, "authenticators", None) or self.get_authenticators()
-        for authenticator in authenticators:
-            value = authenticator.authenticate_header(request)
-            if value:
-                return value
-        return None
+        challenges = [a.authenticate_header(request) for a in authenticators]
+        challenges = [c for c in challenges if c]
+        tried = request.META.get("HTTP_AUTHORIZATION", "").split(" ", 1)[0].lower()
+        for challenge in challenges:
+            if tried and challenge.split(" ", 1)[0].lower() == tried:
+                return challenge
+        return challenges[0] if challenges else None
 
     def starts_paid_work(self) -> bool:
         return getattr(self, "action", None) in self.removal_throttled_actions
@@ -371,6 +375,9 @@ class OptionsField(serializers.Field):
                 self.fail("json", error=exc)
         if not isinstance(data, Mapping):
             self.fail("type", type=type(data).__name__)
+        for key, value in data.items():
+            if isinstance(value, str) and "\x00" in value:  # no database stores it in JSON
+                raise ValidationError({str(key): ["Null characters are not allowed."]})
         try:
             options = RemoveBgOptions.from_dict(data)
         except OptionsError as exc:
@@ -454,6 +461,7 @@ class RemovalJobSerializer(serializers.ModelSerializer):
     status_display = serializers.CharField(source="get_status_display", read_only=True)
     finished = serializers.BooleanField(source="is_finished", read_only=True)
     options = OptionsField(read_only=True)
+    result_url = serializers.SerializerMethodField()
     result_file_url = serializers.SerializerMethodField()
     requested_by = serializers.SerializerMethodField()
     retried_as = serializers.SerializerMethodField()
@@ -497,6 +505,10 @@ class RemovalJobSerializer(serializers.ModelSerializer):
 
     def get_model(self, job: RemovalJob) -> str:
         return f"{job.content_type.app_label}.{job.content_type.model}"
+
+    def get_result_url(self, job: RemovalJob) -> str | None:
+        """ImageKit's URL of the cut-out (null until there is one)."""
+        return job.result_url or None
 
     def get_result_file_url(self, job: RemovalJob) -> str | None:
         return result_file_url(job, self.context.get("request"))
@@ -553,9 +565,10 @@ VALIDATION_ERRORS_SCHEMA = {
     "description": "Errors per field (a list of messages, or per option for options); "
     "request-wide ones under non_field_errors.",
     "additionalProperties": {
-        "oneOf": [
+        "anyOf": [
             {"type": "array", "items": {"type": "string"}},
             {"type": "object", "additionalProperties": {"type": "array", "items": {}}},
+            {"type": "string"},
         ]
     },
 }
@@ -687,7 +700,7 @@ JOB_EXAMPLE = {
     "requested_by": "editor",
     "attempts": 0,
     "file_id": "",
-    "result_url": "",
+    "result_url": None,
     "result_file_url": None,
     "result_mime": "",
     "result_width": None,

@@ -222,13 +222,40 @@ def test_retry_refuses_unknown_fields_and_bad_options(api):
 
 
 def test_anonymous_gets_401_with_www_authenticate():
-    # DRF's defaults put SessionAuthentication first, which cannot ask for credentials; Basic can.
+    # SessionAuthentication comes first (as in DRF's defaults) and cannot ask for credentials;
+    # the next one that can is named.
     product = make_product()
     client = APIClient()
     for response in (client.get(LIST_URL), client.post(LIST_URL, body(product), format="json")):
         assert response.status_code == 401
-        assert response["WWW-Authenticate"].startswith("Basic")
+        assert response["WWW-Authenticate"] == "Token"
         assert response.json()["code"] == "not_authenticated"
+
+
+def test_with_drf_default_authentication_the_challenge_is_basic(monkeypatch):
+    from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+
+    monkeypatch.setattr(
+        RemovalViewSet, "authentication_classes", [SessionAuthentication, BasicAuthentication]
+    )
+    response = APIClient().get(LIST_URL)
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == 'Basic realm="api"'
+
+
+def test_only_session_authentication_is_403():
+    # Nothing can ask for credentials: DRF's rule, 403.
+    from rest_framework.authentication import SessionAuthentication
+
+    class SessionOnly(RemovalViewSet):
+        authentication_classes = [SessionAuthentication]
+
+    view = SessionOnly.as_view({"get": "list"})
+    from rest_framework.test import APIRequestFactory
+
+    response = view(APIRequestFactory().get(LIST_URL))
+    assert response.status_code == 403
+    assert "WWW-Authenticate" not in response
 
 
 def test_bad_credentials_get_401(editor):
@@ -236,7 +263,7 @@ def test_bad_credentials_get_401(editor):
     bad = base64.b64encode(b"editor:wrong").decode()
     response = client.get(LIST_URL, HTTP_AUTHORIZATION=f"Basic {bad}")
     assert response.status_code == 401
-    assert response["WWW-Authenticate"].startswith("Basic")
+    assert response["WWW-Authenticate"].startswith("Basic")  # the scheme tried
     assert response.json()["code"] == "authentication_failed"
     good = base64.b64encode(b"editor:pw-editor").decode()
     assert client.get(LIST_URL, HTTP_AUTHORIZATION=f"Basic {good}").status_code == 200

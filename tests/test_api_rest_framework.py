@@ -319,7 +319,7 @@ def test_remove_background_answers_401_404_and_400(api):
     url = f"{PRODUCTS}{product.pk}/remove-background/"
     anonymous = APIClient().post(url)
     assert anonymous.status_code == 401
-    assert anonymous["WWW-Authenticate"].startswith("Basic")
+    assert anonymous["WWW-Authenticate"] == "Token"
     assert api.post(f"{PRODUCTS}999999/remove-background/").status_code == 404
     bad = api.post(url, {"options": {"bg_color": "nope"}}, format="json")
     assert bad.status_code == 400 and "bg_color" in bad.json()["options"]
