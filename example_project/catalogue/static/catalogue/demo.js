@@ -23,6 +23,7 @@ const compareEmpty = document.getElementById("compare-empty");
 const before = document.getElementById("before");
 const after = document.getElementById("after");
 const slider = document.getElementById("slider");
+const afterLegend = document.getElementById("after-legend");
 
 const POLL_MS = 800;
 const POLL_MAX_MS = 4000;
@@ -83,8 +84,11 @@ function chosenOptions() {
 
 // ------------------------------------------------------------------ rendering
 
+const LABELS = { name: "Product name", photo: "Image", photo_options: "Options", options: "Options" };
+
 function errorList(data) {
-  // DRF's errors: {"detail": ...} or per field, options per option.
+  // DRF's errors: {"detail": ...}, or per field (options per option, whose messages name the
+  // option already): one readable line each.
   const items = [];
   const walk = (value, path) => {
     if (Array.isArray(value)) {
@@ -96,7 +100,10 @@ function errorList(data) {
         walk(inner, label);
       }
     } else if (value !== null && value !== undefined) {
-      items.push(path.length ? `${path.join(" › ")}: ${value}` : String(value));
+      const message = String(value);
+      const names = path.filter((key, i) => i === 0 || !message.startsWith(key));
+      const label = names.map((key) => LABELS[key] || key.replaceAll("_", " ")).join(" › ");
+      items.push(label ? `${label}: ${message}` : message);
     }
   };
   walk(data, []);
@@ -146,12 +153,14 @@ function showBefore(src) {
 function showAfter(src) {
   after.src = src;
   after.hidden = false;
+  afterLegend.hidden = false;
   slider.disabled = false;
   compare.classList.add("ready");
 }
 
 function hideAfter() {
   after.hidden = true;
+  afterLegend.hidden = true;
   after.removeAttribute("src");
   slider.disabled = true;
   compare.classList.remove("ready");
