@@ -37,5 +37,11 @@ if "drf_spectacular" in settings.INSTALLED_APPS:
         path(
             "api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"
         ),
-        path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+        path(
+            "api/redoc/",
+            SpectacularRedocView.as_view(
+                url_name="api-schema", template_name="catalogue/redoc.html"
+            ),
+            name="api-redoc",
+        ),
     ]

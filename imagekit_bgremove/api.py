@@ -223,16 +223,15 @@ class RemovalRateThrottle(SimpleRateThrottle):
 
 
 class RemovalAPIViewMixin:
-    """What the views of this app (and :mod:`imagekit_bgremove.rest_framework`'s mixin) add to a
-    DRF view:
-
-    - 401 with ``WWW-Authenticate`` whenever *one* of the authentication classes can ask for
-      credentials (DRF asks only the first one, so Session before Basic answered 403);
-    - 413 for a body over :meth:`get_max_body_bytes`, checked from ``Content-Length`` before
-      anything reads or parses the body (and for Django's own upload limits);
-    - 429 with ``Retry-After`` when the daily budget is spent;
-    - ``code`` next to ``detail`` in error bodies;
-    - the :class:`RemovalRateThrottle` on the actions in :attr:`removal_throttled_actions`."""
+    # What the views of this app (and imagekit_bgremove.rest_framework's mixin) add to a DRF
+    # view (comments, not a docstring: schema generators would show it on your endpoints):
+    # - 401 with WWW-Authenticate whenever *one* of the authentication classes can ask for
+    #   credentials (DRF asks only the first one, so Session before Basic answered 403);
+    # - 413 for a body over get_max_body_bytes(), checked from Content-Length before anything
+    #   reads or parses the body (and for Django's own upload limits);
+    # - 429 with Retry-After when the daily budget is spent;
+    # - "code" next to "detail" in error bodies;
+    # - the RemovalRateThrottle on the actions in removal_throttled_actions.
 
     #: Bodies larger than this are refused with 413 (None: no limit of ours).
     max_body_bytes: int | None = 64 * 1024
@@ -768,6 +767,7 @@ class RemovalPagination(PageNumberPagination):
 # Views
 
 
+@extend_schema(tags=["removal jobs"])
 @extend_schema_view(
     list=extend_schema(
         summary="List removal jobs",

@@ -273,8 +273,9 @@ class RemoveBackgroundSerializer(StrictFieldsMixin, serializers.Serializer):
 
 
 class BackgroundRemovalViewSetMixin(RemovalAPIViewMixin):
-    """For a ``GenericViewSet`` (usually a ``ModelViewSet``) of a model with a
-    ``BackgroundRemovalImageField``; see the module's documentation."""
+    # For a GenericViewSet (usually a ModelViewSet) of a model with a
+    # BackgroundRemovalImageField; see the module's documentation. (A comment, not a docstring:
+    # schema generators would show it as the description of your endpoints.)
 
     #: Multipart bodies carry the image: up to MAX_UPLOAD_BYTES plus the form's other fields.
     max_body_bytes = None

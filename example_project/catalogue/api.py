@@ -62,6 +62,7 @@ UPLOAD_EXAMPLE = OpenApiExample(
 )
 
 
+@extend_schema(tags=["products"])
 @extend_schema_view(
     list=extend_schema(responses={200: ProductSerializer(many=True), **error_responses(401, 403)}),
     retrieve=extend_schema(responses={200: ProductSerializer, **error_responses(401, 403, 404)}),
@@ -81,6 +82,8 @@ UPLOAD_EXAMPLE = OpenApiExample(
     destroy=extend_schema(responses={204: None, **error_responses(401, 403, 404)}),
 )
 class ProductViewSet(BackgroundRemovalViewSetMixin, viewsets.ModelViewSet):
+    """The catalogue's products; each photo uploaded has its background removed."""
+
     queryset = Product.objects.all()
     serializer_class = ProductSerializer
     permission_classes = [ProductPermissions]
@@ -96,6 +99,7 @@ class ObtainToken(ObtainAuthToken):
 
     @extend_schema(
         summary="Get your API token",
+        tags=["authentication"],
         responses={200: TokenSerializer, **error_responses(400)},
         auth=[],
     )
