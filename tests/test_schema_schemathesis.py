@@ -43,14 +43,24 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-EXAMPLES = 25
+EXAMPLES = 40
 
 
 @pytest.fixture
 def api_schema(settings_fixture_for_schemathesis):
     from django.core.handlers.wsgi import WSGIHandler
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
 
-    return schemathesis.openapi.from_wsgi("/api/schema/", WSGIHandler())
+    # As Django's test client does: a request must not close the connection that holds this
+    # test's transaction (PostgreSQL would lose it).
+    for signal in (request_started, request_finished):
+        signal.disconnect(close_old_connections)
+    try:
+        yield schemathesis.openapi.from_wsgi("/api/schema/", WSGIHandler())
+    finally:
+        for signal in (request_started, request_finished):
+            signal.connect(close_old_connections)
 
 
 @pytest.fixture
