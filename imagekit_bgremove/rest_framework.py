@@ -285,6 +285,8 @@ class BackgroundRemovalViewSetMixin(RemovalAPIViewMixin):
     def get_max_body_bytes(self) -> int | None:
         if self.max_body_bytes is not None:
             return self.max_body_bytes
+        if getattr(self, "action", None) == "remove_background":
+            return RemovalAPIViewMixin.max_body_bytes  # options only: no image in this body
         upload = int(app_settings.MAX_UPLOAD_BYTES or 0)
         return upload + int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0) if upload else None
 

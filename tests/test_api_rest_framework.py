@@ -332,6 +332,18 @@ def test_remove_background_answers_401_404_and_400(api):
     assert RemovalJob.objects.get().options["bg_color"] == "fff"
 
 
+def test_remove_background_takes_no_large_body(api):
+    product = stored_product()
+    padding = "x" * 70_000
+    response = api.post(
+        f"{PRODUCTS}{product.pk}/remove-background/",
+        {"options": {"bg_color": padding}},
+        format="json",
+    )
+    assert response.status_code == 413
+    assert not RemovalJob.objects.exists()
+
+
 def test_remove_background_of_an_object_without_image_is_400(api):
     product = Product.objects.create(name="empty")
     response = api.post(f"{PRODUCTS}{product.pk}/remove-background/")
