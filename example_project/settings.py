@@ -111,12 +111,37 @@ MEDIA_ROOT = VAR_DIR / "media"
 
 LOGIN_URL = "admin:login"
 
+# --- REST API: the Product API, token authentication, the OpenAPI schema (see README) --------
+INSTALLED_APPS += ["rest_framework.authtoken"]
 REST_FRAMEWORK = {
+    # Session (the demo page, with CSRF), then token and basic: unauthenticated requests get 401
+    # with "WWW-Authenticate: Token" (no browser password prompt).
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.BasicAuthentication",
     ],
+    # Paid requests (removals, uploads) per user; None switches the app's throttle off.
+    "DEFAULT_THROTTLE_RATES": {"imagekit_bgremove": env.str("API_REMOVALS_RATE", "120/hour")},
 }
+try:  # the "openapi" extra: schema, Swagger UI and Redoc served from this site
+    import drf_spectacular  # noqa: F401
+    import drf_spectacular_sidecar  # noqa: F401
+except ImportError:
+    pass
+else:
+    INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
+    REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
+    SPECTACULAR_SETTINGS = {
+        "TITLE": "imagekit-bgremove example API",
+        "DESCRIPTION": "Products with background removal, and the removal jobs.",
+        "VERSION": "1",
+        "COMPONENT_SPLIT_REQUEST": True,
+        "SERVE_INCLUDE_SCHEMA": False,
+        "SWAGGER_UI_DIST": "SIDECAR",
+        "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+        "REDOC_DIST": "SIDECAR",
+    }
 
 
 def _imagekit_settings() -> dict:

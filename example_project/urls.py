@@ -3,6 +3,10 @@ from django.conf.urls.static import static
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
+from rest_framework.routers import SimpleRouter
+
+from example_project.catalogue.api import ObtainToken, ProductViewSet
+from example_project.catalogue.views import DemoView
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/catalogue/product/", permanent=False)),
@@ -11,3 +15,33 @@ urlpatterns = [
     path("imagekit-bgremove/", include("imagekit_bgremove.urls")),
     *static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT),
 ]
+
+# --- REST API: products, a token, the demo page, the schema and its docs (see README) ---------
+products = SimpleRouter()
+products.register("products", ProductViewSet, basename="product")
+urlpatterns += [
+    path("api/", include(products.urls)),
+    path("api/token/", ObtainToken.as_view(), name="api-token"),
+    path("demo/", DemoView.as_view(), name="demo"),
+]
+handler404 = "example_project.catalogue.views.not_found"  # JSON for unknown API URLs
+if "drf_spectacular" in settings.INSTALLED_APPS:
+    from drf_spectacular.views import (
+        SpectacularAPIView,
+        SpectacularRedocView,
+        SpectacularSwaggerSplitView,
+    )
+
+    urlpatterns += [
+        path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+        path(
+            "api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"
+        ),
+        path(
+            "api/redoc/",
+            SpectacularRedocView.as_view(
+                url_name="api-schema", template_name="catalogue/redoc.html"
+            ),
+            name="api-redoc",
+        ),
+    ]

@@ -70,3 +70,31 @@ IMAGEKIT_BGREMOVE = {
     "RETRY_BACKOFF": 0.01,
     "RETRY_BACKOFF_MAX": 0.05,
 }
+
+# --- The REST API's tests: the example project's catalogue and its Product API (token
+# authentication), and the OpenAPI schema when the "openapi" extra is installed.
+INSTALLED_APPS += ["rest_framework.authtoken", "example_project.catalogue"]
+REST_FRAMEWORK = {
+    # As the example project: views bind these when their class is created, so they are set here
+    # rather than per test.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.BasicAuthentication",
+    ],
+}
+try:
+    import drf_spectacular  # noqa: F401
+except ImportError:
+    pass
+else:
+    INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
+    REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
+    SPECTACULAR_SETTINGS = {
+        "TITLE": "imagekit-bgremove test API",
+        "SERVE_INCLUDE_SCHEMA": False,
+        "COMPONENT_SPLIT_REQUEST": True,
+        "SWAGGER_UI_DIST": "SIDECAR",
+        "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+        "REDOC_DIST": "SIDECAR",
+    }
