@@ -264,7 +264,9 @@ def test_status_view_needs_the_admin_and_the_view_permission(client):
     user = User.objects.create_user("clerk", password="x", is_staff=True)
     client.force_login(user)
     assert client.get(url).status_code == 403
-    user.user_permissions.add(Permission.objects.get(codename="view_product"))
+    user.user_permissions.add(
+        Permission.objects.get(codename="view_product", content_type__app_label="testapp")
+    )
     assert client.get(url).status_code == 200
     assert client.get(url + "&kind=bogus").status_code == 400
 
@@ -532,7 +534,9 @@ def test_view_only_user_gets_no_buttons_and_no_option_fields(client):
     product = make_product("mug")
     job_for(product, point=True, status=JobStatus.FAILED)
     user = User.objects.create_user("viewer", password="x", is_staff=True)
-    user.user_permissions.add(Permission.objects.get(codename="view_product"))
+    user.user_permissions.add(
+        Permission.objects.get(codename="view_product", content_type__app_label="testapp")
+    )
     client.force_login(user)
     html = client.get(f"{CHANGELIST}{product.pk}/change/").content.decode()
     assert "remove-background/" not in html and "ikbg_photo_bg_color" not in html
@@ -658,7 +662,9 @@ def test_job_admin_retry_page_and_action_need_the_change_permission_on_the_objec
     assert not RemovalJob.objects.filter(retry_of=job).exists()  # the action is not offered
     assert "No action selected" in " ".join(messages_of(response)) or response.status_code == 200
 
-    user.user_permissions.add(Permission.objects.get(codename="change_product"))
+    user.user_permissions.add(
+        Permission.objects.get(codename="change_product", content_type__app_label="testapp")
+    )
     user = User.objects.get(pk=user.pk)  # drop the permission cache
     client.force_login(user)
     locked = job_for(make_product("locked-cup"), status=JobStatus.FAILED)
