@@ -122,14 +122,14 @@ if HAVE_SPECTACULAR:
     class StrictRequestExtension(OpenApiSerializerExtension):
         """Request bodies of strict serializers allow no other keys (they answer 400)."""
 
-        target_class = "imagekit_bgremove.api.StrictFieldsMixin"
+        target_class = "imagekit_bgremove.api.serializers.StrictFieldsMixin"
         match_subclasses = True
 
         def map_serializer(self, auto_schema: Any, direction: str) -> dict[str, Any]:
             schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
             if direction == "request":
                 schema["additionalProperties"] = False
-            from .api import StrictFieldsMixin
+            from .api.serializers import StrictFieldsMixin
 
             if schema.get("description") == get_doc(StrictFieldsMixin):
                 del schema["description"]  # the mixin's docstring, not the serializer's
@@ -144,7 +144,7 @@ if HAVE_SPECTACULAR:
             return extend_schema(exclude=True)(self.target_class)
 
     class OptionsFieldExtension(OpenApiSerializerFieldExtension):
-        target_class = "imagekit_bgremove.api.OptionsField"
+        target_class = "imagekit_bgremove.api.serializers.OptionsField"
         match_subclasses = True
 
         def map_serializer_field(self, auto_schema: Any, direction: str) -> dict[str, Any]:
