@@ -262,7 +262,7 @@ def _identical_image_sent_again(snapshot, state, plan):
     ("break_it", "expected"),
     [
         (_uploaded_twice, "uploaded 2 times"),
-        (_callback_not_recorded, "the app recorded 0"),
+        (_callback_not_recorded, "but the app stored 0 and counted 1 repeat(s)"),
         (_unknown_result, "which the emulator does not have"),
         (_result_not_copied, "is not in storage"),
         (_undocumented_failure, "undocumented reason: ServerError:500"),
