@@ -231,6 +231,8 @@ class RemovalJob(models.Model):
     submission_uncertain = models.BooleanField(default=False)
     # When reconcile last enqueued this job's task (so a backlog is not enqueued again and again).
     requeued_at = models.DateTimeField(null=True, blank=True)
+    # When ImageKit was last asked about this job (so checks and reconcile do not ask twice).
+    checked_at = models.DateTimeField(null=True, blank=True)
     duplicate_of = models.ForeignKey(
         "self",
         null=True,

@@ -74,6 +74,7 @@ def settle_pending(job: RemovalJob, now: datetime) -> str:
     """Ask ImageKit about a pending job whose callback has not come. Returns "succeeded" (a
     result was found and recorded), "failed", "resubmitted" (a lost request had not taken
     effect), "error" (ImageKit unreachable for now), "waiting" or "unchanged"."""
+    RemovalJob.objects.filter(pk=job.pk).update(checked_at=now)
     try:
         result = remote.find_result(job)
     except ImageKitError as exc:
@@ -265,8 +266,11 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
     for job in jobs.filter(status=JobStatus.WAITING).select_related("duplicate_of"):
         summary["waiting_settled"] += check_waiting(job, now) == "settled"
 
-    # Pending at ImageKit with no callback yet.
-    stale = jobs.filter(status=JobStatus.PENDING, submitted_at__lt=after)
+    # Pending at ImageKit with no callback yet, and not asked about lately (each pending job also
+    # has its own deferred checks: reconcile is the safety net, not a second poller).
+    stale = jobs.filter(status=JobStatus.PENDING, submitted_at__lt=after).filter(
+        Q(checked_at__isnull=True) | Q(checked_at__lt=after)
+    )
     for job in stale.order_by("pk").iterator(chunk_size=200):
         summary["checked"] += 1
         outcome = settle_pending(job, now)
