@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from . import queueing
 from .conf import app_settings
-from .models import UNFINISHED, JobStatus, RemovalJob, new_lease
+from .models import UNFINISHED, JobStatus, RemovalJob, hot_cursor, new_lease
 from .signals import removal_failed, removal_succeeded
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def point_latest_at(
             f"WHERE {quote(table.pk.column)} = %s"
         )
     pk_value = table.pk.get_db_prep_value(pk, connection)
-    with connection.cursor() as cursor:
+    with hot_cursor(connection) as cursor:
         cursor.execute(_POINTER_UPDATES[key], [job_id, pk_value])
 
 

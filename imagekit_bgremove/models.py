@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
@@ -91,7 +92,7 @@ class RemovalJobQuerySet(models.QuerySet):
         connection = connections[alias]
         sql, fields = _insert_statement(connection, self.model)
         params = [f.get_db_prep_save(f.pre_save(job, True), connection) for f in fields]
-        with connection.cursor() as cursor:
+        with hot_cursor(connection) as cursor:
             cursor.execute(sql, params)
             if connection.features.can_return_columns_from_insert:
                 job.pk = cursor.fetchone()[0]
@@ -131,6 +132,43 @@ class RemovalJobQuerySet(models.QuerySet):
 
 
 _INSERTS: dict[tuple[str, str], tuple[str, list[models.Field]]] = {}
+
+
+@contextmanager
+def hot_cursor(connection: Any) -> Iterator[Any]:
+    """A cursor for the statements every save with the field runs.
+
+    On PostgreSQL with psycopg 3 the parameters are bound on the server, in an unnamed statement
+    (never a named prepared one, so it is safe behind pgbouncer): Django's default client-side
+    binding renders every value into the SQL text, which PostgreSQL then parses, and for the
+    job's forty columns that was half the cost of the save. Elsewhere it is a usual cursor.
+    The statements still pass through Django's cursor wrapper (query logging, debug)."""
+    if connection.vendor != "postgresql" or not _PSYCOPG3:
+        with connection.cursor() as cursor:
+            yield cursor
+        return
+    connection.ensure_connection()
+    raw = _ServerBoundCursor(connection.connection)
+    wrapped = (
+        connection.make_debug_cursor(raw)
+        if connection.queries_logged
+        else connection.make_cursor(raw)
+    )
+    with wrapped as cursor:
+        yield cursor
+
+
+try:
+    import psycopg
+
+    class _ServerBoundCursor(psycopg.Cursor):
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            kwargs["prepare"] = False
+            return super().execute(query, params, **kwargs)
+
+    _PSYCOPG3 = True
+except ImportError:  # psycopg2, or no PostgreSQL driver at all
+    _PSYCOPG3 = False
 
 
 def _insert_statement(connection: Any, model: type[models.Model]) -> tuple[str, list[Any]]:
