@@ -1,0 +1,156 @@
+"""Defects the soak (bench/soak, issue 14) found in the app's core, each reproduced through the
+public surface (saves, the tasks' service functions, reconcile) against the emulator, and
+marked ``xfail(strict=True)`` until fixed: a fix makes its test pass, and strict xfail then
+fails the suite, so the mark is removed together with the fix.
+
+The soak counts the emulator's paid remove-bg runs (``removeBgRuns``) per distinct (image
+content, options); each of these pays twice for one of them without ``force``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.files.base import ContentFile
+from django.utils import timezone
+
+from imagekit_bgremove import services
+from imagekit_bgremove.conf import app_settings
+from imagekit_bgremove.models import JobStatus, RemovalJob
+from tests.conftest import image_bytes, set_faults, uploads
+from tests.testapp.models import Product
+
+pytestmark = pytest.mark.django_db
+
+
+def jobs_of(obj):
+    return RemovalJob.objects.for_object(obj, "photo").order_by("pk")
+
+
+def paid_runs(emulator) -> int:
+    return emulator.state()["removeBgRunCount"]
+
+
+def later() -> timezone.datetime:
+    """When the scheduled check of a job submitted now runs."""
+    return timezone.now() + timedelta(seconds=float(app_settings.RECONCILE_AFTER_SECONDS) + 1)
+
+
+def settle(emulator, job_id: int) -> str:
+    """The scheduled check of ``job_id`` (its callback is lost: ``emulator`` loses them all),
+    then whatever submit or finalize it asks for, as the workers would."""
+    assert emulator.wait_idle(20)
+    outcome = services.check(job_id, now=later())
+    job = RemovalJob.objects.get(pk=job_id)
+    if job.status == JobStatus.QUEUED:
+        services.submit(job_id)
+    elif job.status == JobStatus.RECEIVED:
+        services.finalize(job_id)
+    assert emulator.wait_idle(20)
+    return outcome
+
+
+# ------------------------------------------------------------------------------------ finding 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 1: _record_submission keeps submission_uncertain after an answered retry, so "
+    "the check that finds no result yet resubmits a submission that took effect (paid twice)",
+)
+def test_a_retry_whose_answer_came_is_not_sent_again_by_the_check(emulator, dummy_tasks):
+    # The first upload gets a 5xx before anything is stored (it may have been applied: the job
+    # is marked uncertain); the second is stored and answered. ImageKit stores the result as a
+    # new file (a documented variation) and its callback is lost, so the check sees no new
+    # version of the upload, as it would while ImageKit is still busy with the image.
+    set_faults(
+        emulator,
+        error_rate_5xx=1.0,
+        endpoints=["upload"],
+        max_api_faults=1,
+        result_as_new_file_rate=1.0,
+        lost_rate=1.0,
+    )
+    product = Product.objects.create(photo=ContentFile(image_bytes(seed=41), name="retry.png"))
+    job = jobs_of(product).get()
+    assert services.submit(job.pk) == "retry"
+    assert services.submit(job.pk) == "pending"  # this attempt's answer arrived
+    settle(emulator, job.pk)
+    assert len(uploads(emulator)) == 1
+    assert paid_runs(emulator) == 1
+
+
+# ------------------------------------------------------------------------------------ finding 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 2: a run paid for by a job that was then superseded is not reused by a newer "
+    "job of the same image and options: the ContentClaim passes to the newer job, which pays "
+    "again",
+)
+def test_the_same_image_saved_again_while_in_flight_is_paid_once(emulator, dummy_tasks):
+    data = image_bytes(seed=42)
+    product = Product.objects.create(photo=ContentFile(data, name="same.png"))
+    first = jobs_of(product).get()
+    assert services.submit(first.pk) == "pending"  # paid
+    # The same photo uploaded again (a double submit of the admin form, a retried API call).
+    product.photo = ContentFile(data, name="same.png")
+    product.save()
+    second = jobs_of(product).last()
+    assert second.pk != first.pk
+    services.submit(second.pk)
+    settle(emulator, second.pk)
+    assert paid_runs(emulator) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 2: a job waiting on an identical job that gets superseded is queued and "
+    "sent on its own (lifecycle.settle_waiter), although the superseded job's run was paid "
+    "and its result will come",
+)
+def test_a_twin_waiting_on_a_superseded_original_is_paid_once(emulator, dummy_tasks):
+    data = image_bytes(seed=43)
+    original = Product.objects.create(photo=ContentFile(data, name="original.png"))
+    original_job = jobs_of(original).get()
+    assert services.submit(original_job.pk) == "pending"  # paid
+    twin = Product.objects.create(photo=ContentFile(data, name="twin.png"))
+    twin_job = jobs_of(twin).get()
+    assert services.submit(twin_job.pk) == "waiting"
+    # The original gets another photo while its first one is at ImageKit.
+    original.photo = ContentFile(image_bytes(seed=44), name="other.png")
+    original.save()
+    twin_job.refresh_from_db()
+    if twin_job.status == JobStatus.QUEUED:
+        services.submit(twin_job.pk)
+    settle(emulator, twin_job.pk)
+    twin_runs = [
+        r for r in emulator.state()["removeBgRuns"] if r["inputSha256"] == twin_job.source_hash
+    ]
+    assert len(twin_runs) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 2: a result received for an object deleted before it was stored "
+    "(cancelled) is not reused by an identical image saved later: it is paid again",
+)
+def test_an_identical_image_after_its_object_was_deleted_mid_flight_is_paid_once(
+    emulator, dummy_tasks
+):
+    data = image_bytes(seed=45)
+    gone = Product.objects.create(photo=ContentFile(data, name="gone.png"))
+    gone_job = jobs_of(gone).get()
+    assert services.submit(gone_job.pk) == "pending"  # paid
+    assert emulator.wait_idle(20)
+    services.check(gone_job.pk, now=later())  # the result is found: received
+    gone_job.refresh_from_db()
+    assert gone_job.status == JobStatus.RECEIVED
+    gone.delete()
+    assert services.finalize(gone_job.pk) == "cancelled"
+    again = Product.objects.create(photo=ContentFile(data, name="again.png"))
+    services.submit(jobs_of(again).get().pk)
+    assert emulator.wait_idle(20)
+    assert paid_runs(emulator) == 1
