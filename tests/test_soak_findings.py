@@ -154,3 +154,50 @@ def test_an_identical_image_after_its_object_was_deleted_mid_flight_is_paid_once
     services.submit(jobs_of(again).get().pk)
     assert emulator.wait_idle(20)
     assert paid_runs(emulator) == 1
+
+
+# ------------------------------------------------------------------------------------ finding 3
+
+_QUEUE_PROBE = """
+import django
+from django.conf import settings
+
+try:
+    import django.tasks  # noqa: F401
+    dummy = "django.tasks.backends.dummy.DummyBackend"
+    apps = []
+except ImportError:
+    dummy = "django_tasks.backends.dummy.DummyBackend"
+    apps = ["django_tasks"]
+settings.configure(
+    INSTALLED_APPS=[
+        "django.contrib.contenttypes", "django.contrib.auth", *apps, "imagekit_bgremove"
+    ],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    TASKS={"default": {"BACKEND": dummy, "QUEUES": ["images"]}},
+    IMAGEKIT_BGREMOVE={"TASK_QUEUE": "images", "EMULATOR_AUTOSTART": False},
+    SECRET_KEY="probe",
+    USE_TZ=True,
+)
+django.setup()
+from imagekit_bgremove import queueing
+
+print(queueing.enqueue(queueing.SUBMIT, 1).task.queue_name)
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 3: imagekit_bgremove.tasks defines its tasks on the queue 'default' at "
+    "import, so a backend whose QUEUES lack 'default' (TASK_QUEUE set to another queue) fails "
+    "at start-up with InvalidTaskError",
+)
+def test_a_task_queue_other_than_default_is_enough():
+    import subprocess
+    import sys
+
+    probe = subprocess.run(
+        [sys.executable, "-c", _QUEUE_PROBE], capture_output=True, text=True, timeout=120
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert probe.stdout.strip() == "images"
