@@ -271,7 +271,14 @@ def run(config: SoakConfig) -> dict[str, Any]:
             quiet=quiet,
         )
 
+        if capacity.get("images_per_s"):
+            # Saves wait while this many jobs are unfinished: enough to keep the emulator busy,
+            # and few enough that no job waits at ImageKit anywhere near the deadline, even at
+            # half the emulator's capacity (it shares the machine with the app).
+            bound = int(capacity["images_per_s"] * config.pending_deadline / 4)
+            config.in_flight = max(20, min(config.in_flight, bound))
         meter = CpuMeter(children)
+        say(f"soak: at most {config.in_flight} jobs unfinished at once", quiet=quiet)
         rng = random.Random(config.seed)
         plan = Plan()
         rate = capacity.get("images_per_s") or 3.0
@@ -386,6 +393,7 @@ def run(config: SoakConfig) -> dict[str, Any]:
             engine=engine.name,
             engine_label=engine.label,
             workers=config.workers,
+            in_flight=config.in_flight,
             server=server_kind,
             faults=config.faults,
             app_settings=config.app_settings(),
