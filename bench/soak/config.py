@@ -54,6 +54,8 @@ DOCUMENTED_FAILURES = {
     "stale); nothing in ImageKit's API says a run failed, so the job ends at "
     "PENDING_DEADLINE_SECONDS",
     "shared": "an identical earlier job failed, and this one shared its outcome",
+    "extension_failed": "ImageKit answered the upload with extensionStatus 'failed' (a "
+    "synchronous remove-bg that failed)",
 }
 
 ENGINES = ("db", "rq")

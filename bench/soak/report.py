@@ -40,9 +40,12 @@ def format_report(report: Mapping[str, Any]) -> str:
     ]
     rows = [("check", "result", "account")]
     for check in report["checks"]:
-        rows.append((check["check"], "ok" if check["ok"] else "FAILED", check["detail"]))
-        for known in check.get("known", [])[:5]:
-            rows.append(("", "known", known))
+        result = "FAILED" if not check["ok"] else ("known" if check.get("known") else "ok")
+        rows.append((check["check"], result, check["detail"]))
+        for known in check.get("known", [])[:3]:
+            rows.append(("", "", f"known: {known[:160]}"))
+        if len(check.get("known", [])) > 3:
+            rows.append(("", "", f"known: ... {len(check['known']) - 3} more"))
     ratio = report.get("capacity_ratio")
     cap = report.get("capacity") or {}
     rows.append(

@@ -275,7 +275,7 @@ def run(config: SoakConfig) -> dict[str, Any]:
             # Saves wait while this many jobs are unfinished: enough to keep the emulator busy,
             # and few enough that no job waits at ImageKit anywhere near the deadline, even at
             # half the emulator's capacity (it shares the machine with the app).
-            bound = int(capacity["images_per_s"] * config.pending_deadline / 4)
+            bound = int(capacity["images_per_s"] * config.pending_deadline / 8)
             config.in_flight = max(20, min(config.in_flight, bound))
         meter = CpuMeter(children)
         say(f"soak: at most {config.in_flight} jobs unfinished at once", quiet=quiet)

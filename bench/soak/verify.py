@@ -198,7 +198,11 @@ def check_outcomes(snapshot, state, index: Index) -> Check:
                 )
                 continue
             if found[1]["source"] != "remove-bg":
-                c.violations.append(f"{label}: version {found[1]['id']} is not a remove-bg result")
+                text = f"{label}: version {found[1]['id']} is not a remove-bg result"
+                if _reuploaded(found[0], state):
+                    c.known.append(f"{text}: the re-upload was taken for it [finding 1]")
+                else:
+                    c.violations.append(text)
             if job["duplicate_of_id"] and job["result_version_id"] != source["result_version_id"]:
                 c.violations.append(f"{label} shares job #{source['id']} but not its result")
             if job["result_sha256"] is None:
@@ -233,6 +237,12 @@ def check_outcomes(snapshot, state, index: Index) -> Check:
                     )
                 else:
                     known[why] += 1
+            elif code == "extension_failed":
+                if emulator_job is None or emulator_job["status"] != "failed":
+                    c.violations.append(
+                        f"{label} failed with extension_failed, but the emulator's remove-bg "
+                        f"{'never ran' if emulator_job is None else emulator_job['status']}"
+                    )
             elif code not in DOCUMENTED_FAILURES:
                 c.violations.append(
                     f"{label} failed for an undocumented reason: {code}: {job['error_message']}"
@@ -304,6 +314,11 @@ def check_outcomes(snapshot, state, index: Index) -> Check:
     return c
 
 
+def _reuploaded(record: Mapping[str, Any], state: Mapping[str, Any]) -> bool:
+    """The file was uploaded again under its job's name (finding 1's second upload)."""
+    return state.get("uploadsByFileName", {}).get(record.get("requestedName"), 0) > 1
+
+
 def _job_named(name: str, index: Index) -> dict | None:
     """The job whose deterministic upload name (``<stem>__ikbg<id><ext>``) is ``name``."""
     marker = name.rpartition("__ikbg")[2].partition(".")[0]
@@ -359,7 +374,12 @@ def check_results(snapshot, state, index: Index) -> Check:
                 f"{found[1]['id']}"
             )
         run = runs_by_version.get(found[1]["id"])
-        if run is None:
+        if run is None and found[1]["source"] != "remove-bg" and _reuploaded(found[0], state):
+            c.known.append(
+                f"{label} shows its own original as the cut-out: version {found[1]['id']} is "
+                "the job's second upload, taken for the result [finding 1]"
+            )
+        elif run is None:
             c.violations.append(f"{label}: no remove-bg run made version {found[1]['id']}")
         elif run["inputSha256"] != product["photo_sha256"]:
             c.violations.append(
