@@ -231,7 +231,14 @@ class RQEngine(Engine):
                 continue
             task = job.func_name.rsplit(".", 1)[-1]
             text = (job.exc_info or "").strip().splitlines()[-1:] or [""]
-            if job.worker_name in self.dead or "AbandonedJobError" in (job.exc_info or ""):
+            info = job.exc_info or ""
+            # rq's words for a task whose worker died: abandoned while running, or taken off
+            # the queue by a worker killed before it started it.
+            if (
+                job.worker_name in self.dead
+                or "AbandonedJobError" in info
+                or "stuck in intermediate queue" in info
+            ):
                 counts[f"{task}:abandoned"] += 1
                 abandoned += 1
                 continue

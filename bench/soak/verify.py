@@ -406,15 +406,25 @@ def check_paid_once(snapshot, state, index: Index) -> Check:
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in state.get("removeBgRuns", []):
         groups[(run["inputSha256"], options_key(run.get("options")))].append(run)
-    extra_forced = 0
+    extra_forced = after_failure = 0
     known: Counter[str] = Counter()
     for (digest, options), runs in groups.items():
         if len(runs) < 2:
             continue
-        owners = [index.owner(run["fileId"]) for run in runs]
+        # A run whose upload was never recorded belongs to the job its deterministic name names
+        # (superseded while its answer was lost).
+        owners = [
+            index.owner(run["fileId"])
+            or _job_named(index.files.get(run["fileId"], {}).get("requestedName", ""), index)
+            for run in runs
+        ]
+        # Paying again after a run that failed at ImageKit is a new attempt, not a repeat: there
+        # was no result to share.
+        failed_before = sum(1 for o in owners[:-1] if o is not None and o["status"] == "failed")
+        after_failure += failed_before
         forced = sum(1 for o in owners[1:] if o is not None and o.get("force"))
         extra_forced += forced
-        unexplained = len(runs) - 1 - forced
+        unexplained = len(runs) - 1 - forced - failed_before
         if unexplained <= 0:
             continue
         story = ", ".join(
@@ -437,7 +447,8 @@ def check_paid_once(snapshot, state, index: Index) -> Check:
     runs = len(state.get("removeBgRuns", []))
     c.detail = (
         f"{runs} paid runs for {distinct} distinct (image, options); {extra_forced} more "
-        "forced" + (f"; known finding: {dict(known)}" if known else "")
+        f"forced, {after_failure} again after a failed run"
+        + (f"; known finding: {dict(known)}" if known else "")
     )
     return c
 
@@ -463,7 +474,7 @@ def _paid_twice_finding(owners: list[dict | None]) -> str | None:
     ids = [o["id"] for o in owners]  # type: ignore[index]
     distinct = sorted({o["id"]: o for o in owners if o}.values(), key=lambda o: o["id"])
     if len(distinct) > 1 and not all(
-        o["status"] in ("superseded", "cancelled") for o in distinct[:-1]
+        o["status"] in ("superseded", "cancelled", "failed") for o in distinct[:-1]
     ):
         return None
     labels = []
