@@ -231,3 +231,32 @@ def test_a_task_queue_other_than_default_is_enough():
     )
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert probe.stdout.strip() == "images"
+
+
+# ------------------------------------------------------------------------------------ finding 4
+
+
+def _detail_requests(emulator) -> int:
+    return sum(1 for r in emulator.state()["requests"] if r["endpoint"] == "get_details")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 4: reconcile() asks ImageKit about every pending job older than "
+    "RECONCILE_AFTER_SECONDS on every run, although each has its own deferred check on a "
+    "backoff: while ImageKit is slow, every cron run costs one API call per pending job",
+)
+def test_reconcile_does_not_ask_again_about_a_job_it_just_checked(emulator, dummy_tasks):
+    # The run fails at ImageKit and its FAILURE callback is lost: the job stays pending, and
+    # nothing in ImageKit's API will ever say why (it ends at the deadline).
+    set_faults(emulator, extension_failure_rate=1.0, lost_rate=1.0)
+    product = Product.objects.create(photo=ContentFile(image_bytes(seed=47), name="slow.png"))
+    job = jobs_of(product).get()
+    assert services.submit(job.pk) == "pending"
+    assert emulator.wait_idle(20)
+    first = later()
+    assert services.reconcile(now=first)["checked"] == 1
+    asked = _detail_requests(emulator)
+    # cron's next run, a few minutes on (the job's own next check is due later still)
+    services.reconcile(now=first + timedelta(minutes=5))
+    assert _detail_requests(emulator) == asked
