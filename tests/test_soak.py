@@ -357,3 +357,39 @@ def test_known_findings_are_reported_not_failed():
     checks = soak.verify(snapshot, state, plan)
     paid = next(c for c in checks if c.key == "paid_once")
     assert paid.ok and any("finding 2" in k for k in paid.known), (paid, soak.violations(checks))
+
+
+def test_a_job_paying_twice_then_a_forced_request_is_finding_1_not_a_violation():
+    """Seen at 1,000 images: job #13 paid twice (finding 1), then an API request with
+    force=True paid for the same image once more (allowed)."""
+    snapshot, state, plan = good_run()
+    # The same job's second upload (an overwrite) and second run.
+    state["uploadsByFileName"]["a__ikbg1.jpg"] = 2
+    state["removeBgRuns"].append({**state["removeBgRuns"][0], "jobId": "job_1b"})
+    state["jobs"].append({**state["jobs"][0], "id": "job_1b"})
+    # A forced API request for the same image and options.
+    forced = copy.deepcopy(state["files"][0])
+    forced.update(fileId="f3", requestedName="a__ikbg3.jpg")
+    forced["versions"][1]["id"] = "v3"
+    state["files"].append(forced)
+    state["uploadsByFileName"]["a__ikbg3.jpg"] = 1
+    state["jobs"].append({"id": "job_3", "fileId": "f3", "status": "success"})
+    state["removeBgRuns"].append({**state["removeBgRuns"][0], "jobId": "job_3", "fileId": "f3"})
+    snapshot["jobs"].append(
+        {
+            **snapshot["jobs"][0],
+            "id": 3,
+            "file_id": "f3",
+            "trigger": "api",
+            "force": True,
+            "result_version_id": "v3",
+        }
+    )
+    snapshot["products"][0].update(
+        photo_removal_id=3, result={"job": 3, "name": "x", "sha256": "res"}
+    )
+    checks = soak.verify(snapshot, state, plan)
+    paid = next(c for c in checks if c.key == "paid_once")
+    assert paid.ok, soak.violations(checks)
+    assert any("finding 1" in k for k in paid.known)
+    assert "1 more forced" in paid.detail

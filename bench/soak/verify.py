@@ -418,14 +418,10 @@ def check_paid_once(snapshot, state, index: Index) -> Check:
             or _job_named(index.files.get(run["fileId"], {}).get("requestedName", ""), index)
             for run in runs
         ]
-        # Paying again after a run that failed at ImageKit is a new attempt, not a repeat: there
-        # was no result to share.
-        failed_before = sum(1 for o in owners[:-1] if o is not None and o["status"] == "failed")
-        after_failure += failed_before
-        forced = sum(1 for o in owners[1:] if o is not None and o.get("force"))
-        extra_forced += forced
-        unexplained = len(runs) - 1 - forced - failed_before
-        if unexplained <= 0:
+        verdict = _paid_again(owners)
+        extra_forced += verdict["forced"]
+        after_failure += verdict["after_failure"]
+        if not verdict["unexplained"] and not verdict["findings"]:
             continue
         story = ", ".join(
             f"job #{o['id']} ({o['status']}, {o['trigger']}, product {o['object_id']})"
@@ -433,16 +429,16 @@ def check_paid_once(snapshot, state, index: Index) -> Check:
             else f"file {run['fileId']} (no job)"
             for o, run in zip(owners, runs, strict=True)
         )
-        finding = _paid_twice_finding(owners)
         text = (
             f"image {digest[:12]} with options {options} paid {len(runs)} times "
-            f"({forced} forced): {story}"
+            f"({verdict['forced']} forced): {story}"
         )
-        if finding:
-            known[finding] += 1
-            c.known.append(f"{text} [{finding}]")
-        else:
+        if verdict["unexplained"]:
             c.violations.append(text)
+        else:
+            label = " + ".join(verdict["findings"])
+            known[label] += 1
+            c.known.append(f"{text} [{label}]")
     distinct = len(groups)
     runs = len(state.get("removeBgRuns", []))
     c.detail = (
@@ -465,24 +461,36 @@ KNOWN_FINDINGS: dict[str, str] = {
 }
 
 
-def _paid_twice_finding(owners: list[dict | None]) -> str | None:
-    """The known finding(s) that explain the extra paid runs of one (image, options), or None:
-    finding 1 when a job paid more than once, finding 2 when each earlier payer was superseded
-    or cancelled before a later, identical job paid again."""
+def _paid_again(owners: list[dict | None]) -> dict[str, Any]:
+    """Account for every paid run of one (image, options) after the first.
+
+    - a job that paid more than once: finding 1;
+    - a later job with ``force``: allowed;
+    - a later job after every earlier payer failed at ImageKit: a new attempt, allowed;
+    - a later job after every earlier payer was superseded, cancelled or failed: finding 2;
+    - anything else: unexplained (a violation)."""
+    out: dict[str, Any] = {"forced": 0, "after_failure": 0, "unexplained": 0, "findings": []}
     if any(o is None for o in owners):
-        return None
-    ids = [o["id"] for o in owners]  # type: ignore[index]
-    distinct = sorted({o["id"]: o for o in owners if o}.values(), key=lambda o: o["id"])
-    if len(distinct) > 1 and not all(
-        o["status"] in ("superseded", "cancelled", "failed") for o in distinct[:-1]
-    ):
-        return None
-    labels = []
-    if len(ids) > len(set(ids)):
-        labels.append("finding 1")
-    if len(distinct) > 1:
-        labels.append("finding 2")
-    return " + ".join(labels) or None
+        out["unexplained"] = len(owners) - 1
+        return out
+    payers: list[dict] = []
+    for owner in owners:
+        if all(p["id"] != owner["id"] for p in payers):  # type: ignore[index]
+            payers.append(owner)  # type: ignore[arg-type]
+    if len(owners) > len(payers):
+        out["findings"].append("finding 1")
+    for number, payer in enumerate(payers[1:], start=1):
+        earlier = payers[:number]
+        if payer.get("force"):
+            out["forced"] += 1
+        elif all(p["status"] == "failed" for p in earlier):
+            out["after_failure"] += 1
+        elif all(p["status"] in ("superseded", "cancelled", "failed") for p in earlier):
+            if "finding 2" not in out["findings"]:
+                out["findings"].append("finding 2")
+        else:
+            out["unexplained"] += 1
+    return out
 
 
 def check_callbacks(snapshot, state, tolerance: float) -> Check:
