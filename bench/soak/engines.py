@@ -178,11 +178,25 @@ class RQEngine(Engine):
         # move abandoned jobs (that is the workers' maintenance's business).
         return [i.split(":", 1)[0] for i in registry.get_job_ids(cleanup=False)]
 
-    def _started_by(self, job_ids: list[str]) -> dict[str, str]:
+    def _started_by(self, registry: Any) -> dict[str, str]:
+        """The started tasks' workers, by task id; "" for a task
+        whose entry has expired (its worker stopped sending heartbeats: killed)."""
+        import time
+
         from rq.job import Job
 
-        jobs = Job.fetch_many(job_ids, connection=self._connection())
-        return {job.id: (job.worker_name or "") for job in jobs if job is not None}
+        entries = registry.connection.zrange(registry.key, 0, -1, withscores=True)
+        now = time.time()
+        expiry = {
+            (raw.decode() if isinstance(raw, bytes) else raw).split(":", 1)[0]: score
+            for raw, score in entries
+        }
+        jobs = Job.fetch_many(list(expiry), connection=self._connection())
+        workers = {job.id: (job.worker_name or "") for job in jobs if job is not None}
+        return {
+            job_id: ("" if expiry[job_id] < now or not workers.get(job_id) else workers[job_id])
+            for job_id in expiry
+        }
 
     #: A deferred task this late has no scheduler to move it (see ``_scheduled``).
     STALLED_AFTER = 5.0
@@ -203,8 +217,8 @@ class RQEngine(Engine):
 
     def open_tasks(self) -> int:
         r = self._registries()
-        started = self._started_by(self._ids(r["started"]))
-        live = sum(1 for worker in started.values() if worker not in self.dead)
+        started = self._started_by(r["started"])
+        live = sum(1 for worker in started.values() if worker and worker not in self.dead)
         to_come, _ = self._scheduled(r["scheduled"])
         return len(r["queue"]) + live + to_come + len(self._ids(r["deferred"]))
 
@@ -213,8 +227,8 @@ class RQEngine(Engine):
 
         r = self._registries()
         connection = self._connection()
-        started = self._started_by(self._ids(r["started"]))
-        abandoned = sum(1 for worker in started.values() if worker in self.dead)
+        started = self._started_by(r["started"])
+        abandoned = sum(1 for worker in started.values() if not worker or worker in self.dead)
         counts: Counter[str] = Counter()
         outcomes: Counter[str] = Counter()
         failed = []
