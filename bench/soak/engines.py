@@ -123,6 +123,11 @@ class RQEngine(Engine):
         #: This run's own queue: other runs may share the Redis server.
         self.queue = f"ikbg_soak_{secrets.token_hex(4)}"
 
+    def worker_id(self, number: int, generation: int) -> str:
+        # rq's worker names are global in Redis (and outlive a killed worker for its TTL): this
+        # run's own, so that another run's, or a killed one's, never collides.
+        return f"{self.queue}-{number}-{generation}"
+
     def worker_argv(self, number: int, generation: int) -> list[str]:
         return [
             sys.executable,
@@ -279,6 +284,10 @@ class RQEngine(Engine):
         except Exception:
             return
         keys = list(connection.scan_iter(match=f"rq:*{self.queue}*", count=1000))
+        for name in ("rq:workers", f"rq:workers:{self.queue}"):
+            for member in connection.smembers(name):
+                if self.queue in (member.decode() if isinstance(member, bytes) else member):
+                    connection.srem(name, member)
         job_ids: set[str] = set()
         try:
             r = self._registries()
