@@ -324,6 +324,16 @@ for name, items in cases.items():
         )
     send(*items[0])  # warm
     items = items[1:] if len(items) > 1 else items * 200
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        for path, body in items[:20]:
+            send(path, body)
+    shapes = {}
+    for query in queries.captured_queries:
+        verb = query["sql"].split()[0].upper()
+        shapes[verb] = shapes.get(verb, 0) + 1 / 20
+    items = items[20:] if len(items) > 40 else items
     profile = cProfile.Profile()
     before = commits()
     started = time.perf_counter()
@@ -347,7 +357,7 @@ for name, items in cases.items():
         else:
             areas["the rest"] += tottime
     total = sum(areas.values())
-    out[name] = {"ms": elapsed / len(items) * 1000, "commits": committed,
+    out[name] = {"ms": elapsed / len(items) * 1000, "commits": committed, "queries": shapes,
                  "areas_ms": {k: v / total * elapsed / len(items) * 1000 for k, v in areas.items()}}
 print(json.dumps(out))
 """
@@ -531,9 +541,10 @@ def main(argv: list[str] | None = None) -> int:
         log("where a webhook request's time goes (in-process, Django's test client, cProfile):")
         for name, found in profile.items():
             parts = ", ".join(f"{k} {v:.2f}" for k, v in found["areas_ms"].items())
+            shapes = ", ".join(f"{k} {v:g}" for k, v in sorted(found["queries"].items()))
             log(
                 f"  {name}: {found['ms']:.2f} ms per request, {found['commits']:.1f} "
-                f"transactions: {parts} (ms)"
+                f"transactions, statements {shapes}: {parts} (ms)"
             )
     log("")
     for name, goal in (("first", args.min_first), ("repeat", args.min_repeat)):
