@@ -275,13 +275,15 @@ class Driver:
             return self.images.next()
 
     def _pick(self, candidates: list[int]) -> int | None:
-        candidates = [c for c in candidates if c not in self.busy]
+        deleted = set(self.plan.deleted)
+        candidates = [c for c in candidates if c not in self.busy and c not in deleted]
         return self.rng.choice(candidates) if candidates else None
 
     # ----------------------------------------------------------------------------- actions
     def _try(self, action: Action, state: State) -> bool:
         kind = action.kind
-        busy = set(self.busy) | set(self.plan.racing_pending)
+        # ``state`` was read at the start of the round: products deleted since are off limits.
+        busy = set(self.busy) | set(self.plan.racing_pending) | set(self.plan.deleted)
         in_flight = state.with_status("queued", "submitting", "pending", busy=busy)
         succeeded = state.with_status("succeeded", busy=busy)
         if kind == "resave":
@@ -423,7 +425,7 @@ class Driver:
     def _start_race(self, state: State) -> None:
         """A twin of a product whose job is pending at ImageKit: the twin waits for it. Once
         it does, the original gets a new image (its job is superseded while paid for)."""
-        busy = set(self.busy) | set(self.plan.racing_pending)
+        busy = set(self.busy) | set(self.plan.racing_pending) | set(self.plan.deleted)
         candidates = [
             pid
             for pid in state.with_status("pending", busy=busy)
