@@ -8,27 +8,36 @@ What it does:
 1. drops and re-creates the PostgreSQL database named in BENCH_DATABASE_URL (default
    ``ikbg_bench``; DATABASE_URL is ignored on purpose, so that the project's own database is
    never dropped) and migrates the example project into it;
-2. creates one product and one *succeeded* removal job;
+2. creates one *succeeded* removal job, and ``--first-jobs`` *pending* ones (each its own
+   product, file and token);
 3. starts gunicorn (2 sync workers, loopback only) serving the example project plus one extra
-   view, ``POST /bench/baseline/``, that runs a single ``UPDATE`` of that job and answers 200;
-4. in ``--rounds`` rounds (order alternating), ``--threads`` client threads post for
-   ``--seconds`` seconds to each scenario:
+   view, ``POST /bench/baseline/``, that runs a single ``UPDATE`` of a job and answers 200;
+4. in ``--rounds`` rounds (order rotating), ``--threads`` client threads post for ``--seconds``
+   seconds to each scenario:
    ``baseline``  the minimal view;
-   ``webhook``   valid, signed (Standard Webhooks + legacy headers) duplicate SUCCESS callbacks
-                 for the succeeded job: token check, signature check, delivery row recorded,
-                 job row locked and compared, delivery row updated; answered 200 "duplicate";
-5. prints requests/s and p50/p99 latency of each, and the throughput ratio webhook/baseline:
-   the median of the rounds' ratios, so that load from other processes on the machine, which
-   comes and goes, hits both sides of each ratio alike.
+   ``first``     a first delivery: a valid, signed (Standard Webhooks + legacy headers) SUCCESS
+                 for a pending job, each request another job: token and signature checked,
+                 the delivery recorded, the job moved to ``received`` under its row lock, the
+                 finalize task enqueued (a row in the same transaction); answered "accepted";
+   ``repeat``    a repeated delivery: the same signed SUCCESS for the succeeded job, as ImageKit
+                 retries for a day: checked, answered "duplicate" from one read, counted;
+   every request is signed on the client, the baseline's too, so the client's work is alike;
+5. checks that every first delivery moved its job and enqueued exactly one finalize task;
+6. prints requests/s and p50/p99 latency of each, then the ratios to the baseline, last: the
+   median of the rounds' ratios, so that load from other processes on the machine, which comes
+   and goes, hits both sides of each ratio alike.
 
-Exits 1 when the ratio is under ``--min-ratio`` (default 0.5), when p99 of the webhook is over
-``--max-p99-ms`` (default 1000), or when any request did not get the expected answer.
+Exits 1 when a ratio is under its goal (issue 14: first delivery >= 0.5, repeat >= 0.8), when
+p99 of a webhook scenario is over ``--max-p99-ms`` (default 1000), or when any request did not
+get the expected answer. ``--profile`` adds where each webhook request's time goes (in-process,
+under cProfile, by area).
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -124,27 +133,42 @@ def run_manage(env: dict[str, str], *args: str) -> None:
     )
 
 
-def prepare(env: dict[str, str], workdir: Path) -> tuple[int, str]:
-    """Create the succeeded job in the bench database; returns (job id, its webhook path)."""
+def prepare(env: dict[str, str], workdir: Path, first_jobs: int) -> dict[str, Any]:
+    """The succeeded job and ``first_jobs`` pending ones; returns their ids and webhook paths."""
     code = textwrap.dedent("""
-        import django, json
+        import django, json, sys
         django.setup()
         from django.contrib.contenttypes.models import ContentType
         from django.utils import timezone
         from example_project.catalogue.models import Product
         from imagekit_bgremove.models import JobStatus, RemovalJob
         from imagekit_bgremove.services import webhook_url
-        product = Product.objects.create(name="Bench product")
-        job = RemovalJob.objects.create(
-            content_type=ContentType.objects.get_for_model(Product), object_id=str(product.pk),
+        count = int(sys.argv[1])
+        now = timezone.now()
+        products = Product.objects.bulk_create(
+            [Product(name=f"Bench product {n}") for n in range(count + 1)]
+        )
+        kind = ContentType.objects.get_for_model(Product)
+        done = RemovalJob.objects.create(
+            content_type=kind, object_id=str(products[0].pk),
             field_name="photo", status=JobStatus.SUCCEEDED, file_id="file_bench",
             source_version_id="ver_0", result_version_id="ver_1",
             result_url="http://127.0.0.1:8790/ik/bgremove/bench.png?updatedAt=1",
-            finished_at=timezone.now())
-        print(json.dumps({"job": job.pk, "url": webhook_url(job)}))
+            finished_at=now)
+        pending = RemovalJob.objects.bulk_create([
+            RemovalJob(
+                content_type=kind, object_id=str(p.pk), field_name="photo",
+                status=JobStatus.PENDING, file_id=f"file_{p.pk}", source_version_id="ver_0",
+                submitted_at=now, created_at=now, updated_at=now)
+            for p in products[1:]
+        ])
+        print(json.dumps({
+            "job": done.pk, "url": webhook_url(done),
+            "first": [[j.pk, j.file_id, webhook_url(j)] for j in pending],
+        }))
     """)
     out = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, str(first_jobs)],
         env=env,
         check=True,
         cwd=workdir,
@@ -152,16 +176,20 @@ def prepare(env: dict[str, str], workdir: Path) -> tuple[int, str]:
         text=True,
     ).stdout
     data = json.loads(out.strip().splitlines()[-1])
-    return int(data["job"]), urlsplit(data["url"]).path
+    return {
+        "job": int(data["job"]),
+        "path": urlsplit(data["url"]).path,
+        "first": [(job, file_id, urlsplit(url).path) for job, file_id, url in data["first"]],
+    }
 
 
-def callback_body() -> bytes:
+def callback_body(file_id: str = "file_bench") -> bytes:
     return json.dumps(
         {
             "service": "remove-bg",
             "status": "SUCCESS",
             "fileObject": {
-                "fileId": "file_bench",
+                "fileId": file_id,
                 "name": "bench.png",
                 "filePath": "/bgremove/bench.png",
                 "url": "http://127.0.0.1:8790/ik/bgremove/bench.png?updatedAt=1",
@@ -177,33 +205,32 @@ def callback_body() -> bytes:
     ).encode()
 
 
-class Signer:
-    """Fresh signature headers every second (cheap on the client, realistic timestamps)."""
+class Requests:
+    """What one scenario posts: a fixed (path, body), or each request the next of ``items``
+    (path, body) pairs (a first delivery is first only once). Every body is signed on the
+    client when sent (fresh timestamps, as ImageKit's)."""
 
-    def __init__(self, body: bytes):
+    def __init__(self, items: list[tuple[str, bytes]], *, repeat: bool):
         from imagekit_bgremove.signatures import signature_headers
 
-        self._make = lambda: signature_headers(body, SECRET)
-        self._lock = threading.Lock()
-        self._headers = self._make()
-        self._at = time.monotonic()
+        self._sign = signature_headers
+        self._items = items
+        self._repeat = repeat
+        self._next = itertools.count()
 
-    def headers(self) -> dict[str, str]:
-        with self._lock:
-            if time.monotonic() - self._at > 1.0:
-                self._headers, self._at = self._make(), time.monotonic()
-            return self._headers
+    def take(self) -> tuple[str, bytes, dict[str, str]] | None:
+        index = next(self._next)
+        if self._repeat:
+            path, body = self._items[0]
+        elif index < len(self._items):
+            path, body = self._items[index]
+        else:
+            return None  # out of pending jobs: the scenario ends early
+        return path, body, self._sign(body, SECRET)
 
 
 def load(
-    port: int,
-    path: str,
-    body: bytes,
-    *,
-    threads: int,
-    seconds: float,
-    signer: Signer | None,
-    expect: str,
+    port: int, requests: Requests, *, threads: int, seconds: float, expect: str
 ) -> dict[str, Any]:
     stop_at = time.monotonic() + seconds
     latencies: list[list[float]] = [[] for _ in range(threads)]
@@ -212,9 +239,11 @@ def load(
     def worker(index: int) -> None:
         mine = latencies[index]
         while time.monotonic() < stop_at:
-            headers = {"Content-Type": "application/json", "User-Agent": "ikbg-bench"}
-            if signer is not None:
-                headers.update(signer.headers())
+            taken = requests.take()
+            if taken is None:
+                return
+            path, body, signed = taken
+            headers = {"Content-Type": "application/json", "User-Agent": "ikbg-bench", **signed}
             started = time.perf_counter()
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             try:
@@ -264,20 +293,93 @@ def wait_for(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
     raise SystemExit("gunicorn did not start")
 
 
+PROFILE = """
+import cProfile, json, pstats, sys, time
+import django
+django.setup()
+from django.test import Client
+from imagekit_bgremove.signatures import signature_headers
+
+from django.db import connection
+
+cases, secret = json.loads(sys.stdin.read()), sys.argv[1]
+client = Client()
+out = {}
+
+
+def commits():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return cursor.fetchone()[0]
+
+
+for name, items in cases.items():
+    def send(path, body):
+        headers = {f"HTTP_{k.upper().replace('-', '_')}": v
+                   for k, v in signature_headers(body.encode(), secret).items()}
+        return client.post(
+            path, body, content_type="application/json", HTTP_HOST="127.0.0.1", **headers
+        )
+    send(*items[0])  # warm
+    items = items[1:] if len(items) > 1 else items * 200
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        for path, body in items[:20]:
+            send(path, body)
+    shapes = {}
+    for query in queries.captured_queries:
+        verb = query["sql"].split()[0].upper()
+        shapes[verb] = shapes.get(verb, 0) + 1 / 20
+    items = items[20:] if len(items) > 40 else items
+    profile = cProfile.Profile()
+    before = commits()
+    started = time.perf_counter()
+    profile.enable()
+    for path, body in items:
+        send(path, body)
+    profile.disable()
+    elapsed = time.perf_counter() - started
+    time.sleep(0.6)  # the statistics collector's delay
+    committed = (commits() - before) / len(items)
+    areas = dict.fromkeys(["database", "signatures (hmac)", "JSON", "DRF", "the rest"], 0.0)
+    for (filename, _, fn), (_, _, tottime, _, _) in pstats.Stats(profile).stats.items():
+        if "psycopg" in filename or "/django/db/" in filename:
+            areas["database"] += tottime
+        elif "signatures" in filename or "hmac" in filename or "hmac" in fn or "sha256" in fn:
+            areas["signatures (hmac)"] += tottime
+        elif "/json/" in filename or "json" in fn:
+            areas["JSON"] += tottime
+        elif "rest_framework" in filename:
+            areas["DRF"] += tottime
+        else:
+            areas["the rest"] += tottime
+    total = sum(areas.values())
+    out[name] = {"ms": elapsed / len(items) * 1000, "commits": committed, "queries": shapes,
+                 "areas_ms": {k: v / total * elapsed / len(items) * 1000 for k, v in areas.items()}}
+print(json.dumps(out))
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=4.0, help="per scenario and round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds; median ratio counts")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
-    parser.add_argument("--min-ratio", type=float, default=0.5)
+    parser.add_argument("--first-jobs", type=int, default=8000, help="pending jobs to deliver")
+    parser.add_argument("--min-first", type=float, default=0.5, help="goal: first delivery")
+    parser.add_argument("--min-repeat", type=float, default=0.8, help="goal: repeated delivery")
     parser.add_argument("--max-p99-ms", type=float, default=1000.0)
+    parser.add_argument("--profile", action="store_true", help="where a request's time goes")
     args = parser.parse_args(argv)
     if not (1 <= args.threads <= 64 and 0 < args.seconds <= 60 and 1 <= args.rounds <= 9):
         parser.error("keep it bounded: 1-64 threads, up to 60 s, 1-9 rounds")
     try:
         import gunicorn  # noqa: F401
-        import psycopg  # noqa: F401
+        import psycopg
     except ImportError as exc:
         raise SystemExit(f"the benchmark needs gunicorn and psycopg ({exc})") from exc
 
@@ -287,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="ikbg-bench-"))
     gunicorn_proc: subprocess.Popen | None = None
+    names = ["baseline", "first", "repeat"]
+    expect = {"baseline": '"ok"', "first": '"accepted"', "repeat": '"duplicate"'}
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    profile: dict[str, Any] = {}
     try:
         env = {
             **os.environ,
@@ -301,8 +407,26 @@ def main(argv: list[str] | None = None) -> int:
         (workdir / "ikbg_bench_settings.py").write_text(BENCH_SETTINGS % {"secret": SECRET})
         (workdir / "ikbg_bench_urls.py").write_text(BENCH_URLS % {"job_id": 0})
         run_manage(env, "migrate", "--noinput")
-        job_id, webhook_path = prepare(env, workdir)
-        (workdir / "ikbg_bench_urls.py").write_text(BENCH_URLS % {"job_id": job_id})
+        made = prepare(env, workdir, args.first_jobs)
+        (workdir / "ikbg_bench_urls.py").write_text(BENCH_URLS % {"job_id": made["job"]})
+        first_items = [(path, callback_body(file_id)) for _, file_id, path in made["first"]]
+        if args.profile:
+            # Before the load: the profile takes the last pending jobs, the load the first ones.
+            tail, first_items = first_items[-201:], first_items[:-201]
+            cases = {
+                "first": [(p, b.decode()) for p, b in tail],
+                "repeat": [(made["path"], callback_body().decode())],
+            }
+            done = subprocess.run(
+                [sys.executable, "-c", PROFILE, SECRET],
+                input=json.dumps(cases),
+                env=env,
+                cwd=workdir,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            profile = json.loads(done.stdout.strip().splitlines()[-1])
 
         port = free_port()
         gunicorn_proc = subprocess.Popen(
@@ -324,34 +448,36 @@ def main(argv: list[str] | None = None) -> int:
             cwd=workdir,
         )
         wait_for(port, gunicorn_proc)
-        body = callback_body()
-        signer = Signer(body)
         log(
             f"gunicorn: {args.workers} sync workers on 127.0.0.1:{port}; "
             f"{args.threads} client threads, {args.seconds:g} s x {args.rounds} rounds"
         )
-        # Warm up both paths (imports, connections, caches).
-        load(port, "/bench/baseline/", b"{}", threads=2, seconds=1, signer=None, expect="ok")
-        load(port, webhook_path, body, threads=2, seconds=1, signer=signer, expect="duplicate")
-
         scenarios = {
-            "baseline": ("/bench/baseline/", b"{}", None, '"ok"'),
-            "webhook": (webhook_path, body, signer, '"duplicate"'),
+            "baseline": Requests([("/bench/baseline/", b"{}")], repeat=True),
+            "first": Requests(first_items[10:], repeat=False),
+            "repeat": Requests([(made["path"], callback_body())], repeat=True),
         }
-        runs: dict[str, list[dict]] = {"baseline": [], "webhook": []}
+        # Warm up each path (imports, connections, caches).
+        warm = {
+            "baseline": scenarios["baseline"],
+            "first": Requests(first_items[:10], repeat=False),
+            "repeat": scenarios["repeat"],
+        }
+        accepted = 200 if profile else 0  # the profile's first deliveries
+        for name in names:
+            warmed = load(port, warm[name], threads=2, seconds=0.5, expect=expect[name])
+            if name == "first":
+                accepted += warmed["requests"] - warmed["errors"]
         for round_no in range(1, args.rounds + 1):
-            # Alternate the order, so that a drift in machine load hits both alike.
-            order = ["baseline", "webhook"] if round_no % 2 else ["webhook", "baseline"]
-            for name in order:
-                path, payload, sign, expect = scenarios[name]
+            # Rotate the order, so that a drift in machine load hits every scenario alike.
+            shift = (round_no - 1) % len(names)
+            for name in names[shift:] + names[:shift]:
                 result = load(
                     port,
-                    path,
-                    payload,
+                    scenarios[name],
                     threads=args.threads,
                     seconds=args.seconds,
-                    signer=sign,
-                    expect=expect,
+                    expect=expect[name],
                 )
                 log(
                     f"  round {round_no} {name:8s} {result['rps']:8.1f} req/s  "
@@ -361,6 +487,16 @@ def main(argv: list[str] | None = None) -> int:
                 if result["errors"]:
                     log(f"    first error: {result['first_error']}")
                 runs[name].append(result)
+                if name == "first":
+                    accepted += result["requests"] - result["errors"]
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            received = conn.execute(
+                "SELECT count(*) FROM imagekit_bgremove_removaljob WHERE status = 'received'"
+            ).fetchone()[0]
+            finalize = conn.execute(
+                "SELECT count(*) FROM django_tasks_database_dbtaskresult WHERE task_path LIKE %s",
+                ["%finalize_removal"],
+            ).fetchone()[0]
     finally:
         if gunicorn_proc is not None and gunicorn_proc.poll() is None:
             gunicorn_proc.send_signal(signal.SIGTERM)
@@ -370,10 +506,14 @@ def main(argv: list[str] | None = None) -> int:
                 gunicorn_proc.kill()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    # The ratio of each round's pair, then the median: robust to load from other processes.
-    ratios = [w["rps"] / b["rps"] for w, b in zip(runs["webhook"], runs["baseline"], strict=True)]
-    ratio = statistics.median(ratios)
-    errors = sum(int(r["errors"]) for results in runs.values() for r in results)
+    failed = []
+    # A request cut off after the server acted (a client timeout) is not counted as accepted.
+    cut_off = sum(int(r["errors"]) for r in runs["first"])
+    if not (received == finalize and accepted <= received <= accepted + cut_off + 2):
+        failed.append(
+            f"first deliveries: {accepted} accepted, {received} jobs received, "
+            f"{finalize} finalize tasks"
+        )
     summary = {}
     for name, results in runs.items():
         latencies = sorted(x for r in results for x in r["latencies"])
@@ -382,27 +522,44 @@ def main(argv: list[str] | None = None) -> int:
             "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         }
     log("")
-    log(
-        f"baseline (one UPDATE): median {summary['baseline']['rps']:.1f} req/s, "
-        f"p99 {summary['baseline']['p99_ms']:.1f} ms"
-    )
-    log(
-        f"webhook (signed duplicate callback): median {summary['webhook']['rps']:.1f} req/s, "
-        f"p99 {summary['webhook']['p99_ms']:.1f} ms"
-    )
-    log(
-        f"throughput ratio webhook/baseline: {ratio:.2f} (median of rounds "
-        f"{', '.join(f'{r:.2f}' for r in ratios)}; target >= {args.min_ratio:g})"
-    )
-    failed = []
-    if ratio < args.min_ratio:
-        failed.append(f"ratio {ratio:.2f} < {args.min_ratio:g}")
-    if summary["webhook"]["p99_ms"] > args.max_p99_ms:
-        p99 = summary["webhook"]["p99_ms"]
-        failed.append(f"webhook p99 {p99:.0f} ms > {args.max_p99_ms:g} ms")
+    for name, label in (
+        ("baseline", "baseline (one UPDATE)"),
+        ("first", "first delivery (recorded, job moved, finalize enqueued)"),
+        ("repeat", "repeated delivery (answered from one read, counted)"),
+    ):
+        log(
+            f"{label}: median {summary[name]['rps']:.1f} req/s, "
+            f"p99 {summary[name]['p99_ms']:.1f} ms"
+        )
+        if name != "baseline" and summary[name]["p99_ms"] > args.max_p99_ms:
+            failed.append(f"{name} p99 {summary[name]['p99_ms']:.0f} ms > {args.max_p99_ms:g} ms")
+    errors = sum(int(r["errors"]) for results in runs.values() for r in results)
     if errors:
         failed.append(f"{errors} unexpected responses")
-    log("RESULT: " + ("FAIL (" + "; ".join(failed) + ")" if failed else "PASS"))
+    if profile:
+        log("")
+        log("where a webhook request's time goes (in-process, Django's test client, cProfile):")
+        for name, found in profile.items():
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in found["areas_ms"].items())
+            shapes = ", ".join(f"{k} {v:g}" for k, v in sorted(found["queries"].items()))
+            log(
+                f"  {name}: {found['ms']:.2f} ms per request, {found['commits']:.1f} "
+                f"transactions, statements {shapes}: {parts} (ms)"
+            )
+    log("")
+    for name, goal in (("first", args.min_first), ("repeat", args.min_repeat)):
+        ratios = [w["rps"] / b["rps"] for w, b in zip(runs[name], runs["baseline"], strict=True)]
+        ratio = statistics.median(ratios)
+        ok = ratio >= goal
+        if not ok:
+            failed.append(f"{name} ratio {ratio:.2f} < {goal:g}")
+        log(
+            f"RATIO webhook {name} delivery / baseline: {ratio:.2f} (median of rounds "
+            f"{', '.join(f'{r:.2f}' for r in ratios)}; goal >= {goal:g}) "
+            + ("PASS" if ok else "FAIL")
+        )
+    if failed:
+        log("FAILED: " + "; ".join(failed))
     return 1 if failed else 0
 
 

@@ -84,7 +84,8 @@ def test_success_copies_the_result_next_to_the_untouched_original(
     assert job.status == JobStatus.SUCCEEDED
     assert job.result_version_id == payload["fileObject"]["versionInfo"]["id"]
     assert job.result_url == payload["fileObject"]["url"]
-    assert re.fullmatch(rf"products/shoe_nobg_{job.pk}_[0-9a-f]{{8}}\.png", job.result_name)
+    stem = product.photo.name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    assert re.fullmatch(rf"products/{stem}_nobg_{job.pk}_[0-9a-f]{{8}}\.png", job.result_name)
 
     fresh = Product.objects.select_related("photo_removal").get(pk=product.pk)
     assert fresh.photo.removal_status == "succeeded"

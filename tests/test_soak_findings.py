@@ -75,6 +75,30 @@ def test_a_retry_whose_answer_came_is_not_sent_again_by_the_check(emulator, dumm
     assert paid_runs(emulator) == 1
 
 
+def test_the_second_upload_is_never_taken_for_the_cut_out(emulator, dummy_tasks):
+    set_faults(
+        emulator,
+        error_rate_5xx=1.0,
+        endpoints=["upload"],
+        max_api_faults=1,
+        result_as_new_file_rate=1.0,
+        lost_rate=1.0,
+    )
+    data = image_bytes(seed=46)
+    product = Product.objects.create(photo=ContentFile(data, name="cutout.png"))
+    job = jobs_of(product).get()
+    assert services.submit(job.pk) == "retry"
+    assert services.submit(job.pk) == "pending"
+    settle(emulator, job.pk)  # today: resubmitted and uploaded again
+    settle(emulator, job.pk)  # the next check
+    job.refresh_from_db()
+    if job.status == JobStatus.SUCCEEDED:
+        versions = {v["id"]: v for f in emulator.state()["files"] for v in f["versions"]}
+        assert versions[job.result_version_id]["source"] == "remove-bg"
+        with product.photo.storage.open(job.result_name, "rb") as fh:
+            assert fh.read() != data
+
+
 # ------------------------------------------------------------------------------------ finding 2
 
 

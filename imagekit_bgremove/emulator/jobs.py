@@ -97,9 +97,9 @@ class JobRunner:
                 input_sha256=source_version.sha256 if source_version else None,
                 synchronous=emulator.injector.chance(emulator.faults.sync_success_rate),
             )
-            emulator.store.add_job(job)
             runs += 1
-            emulator.store.add_run(
+            emulator.store.add_job_and_run(
+                job,
                 {
                     "jobId": job.id,
                     "fileId": job.file_id,
@@ -111,7 +111,7 @@ class JobRunner:
                     "requestId": request_id,
                     "units": REMOVE_BG_UNITS,
                     "at": iso(job.created_at),
-                }
+                },
             )
             if job.synchronous:
                 done = self._execute(job)

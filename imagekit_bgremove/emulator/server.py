@@ -122,6 +122,7 @@ class Emulator:
                 self._thread.join(timeout)
             self.jobs.stop(timeout)
             self.callbacks.stop()
+            self.store.close()
         logger.info("ImageKit emulator on port %s stopped", self._port)
 
     def __enter__(self) -> Emulator:

@@ -1,9 +1,12 @@
 """The emulator's state: files and their versions, extension jobs, callbacks, remove-bg runs,
 quota.
 
-Everything lives in memory; with a ``data_dir`` every change is also written out (a JSON
-index, replaced atomically, plus one blob file per version), so a restarted emulator finds
-its files, unfinished jobs and undelivered callbacks again.
+Everything lives in memory; with a ``data_dir`` every change is also written out before the
+change is acted upon, so a restarted (or killed) emulator finds its files, unfinished jobs,
+paid runs and undelivered callbacks again: one blob file per version, and a journal that gets
+one JSON line per changed record (a file, a job, a callback, a run...), appended in one write.
+The journal is folded into a JSON index (replaced atomically) at start-up and every
+``COMPACT_EVERY`` lines, so a write costs the size of what changed, not of the whole state.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ from .records import (
 )
 
 INDEX_NAME = "index.json"
+JOURNAL_NAME = "journal.jsonl"
 INDEX_FORMAT = 1
+#: Fold the journal into the index after this many lines.
+COMPACT_EVERY = 20000
 
 __all__ = [
     "Activity",
@@ -65,10 +71,17 @@ class Store:
         #: Every paid remove-bg run: job, file, sha256 of the input, options.
         self.runs: list[dict[str, Any]] = []
         self.requests: deque[dict[str, Any]] = deque(maxlen=2000)
+        #: How many API requests got each fault, over the whole life of the state (``requests``
+        #: keeps only the last 2000).
+        self.faults_fired: Counter[str] = Counter()
         self._blobs: dict[str, bytes] = {}
+        self._journal: Any = None
+        self._journal_lines = 0
         if self.data_dir:
             (self.data_dir / "blobs").mkdir(parents=True, exist_ok=True)
-            self._load()
+            with self.lock:
+                self._load()
+                self.save()  # the journal folded in: a fresh index, an empty journal
 
     # ------------------------------------------------------------------ persistence
 
@@ -91,9 +104,56 @@ class Store:
         self.uploads_by_name = Counter(data.get("uploads_by_name", {}))
         self.quota_used = int(data.get("quota_used", 0))
         self.runs = list(data.get("runs", []))
+        self.faults_fired = Counter(data.get("faults_fired", {}))
+        journal = self.data_dir / JOURNAL_NAME if self.data_dir else None
+        if journal is not None and journal.exists():
+            for line in journal.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    break  # a line cut short by a kill: nothing after it was written
+                self._replay(entry)
+
+    def _replay(self, entry: dict[str, Any]) -> None:
+        if "file" in entry:
+            raw = dict(entry["file"])
+            versions = [Version(**v) for v in raw.pop("versions")]
+            record = FileRecord(**raw, versions=versions)
+            self.files[record.id] = record
+            self.paths[record.file_path] = record.id
+        if "job" in entry:
+            self.jobs[entry["job"]["id"]] = Job(**entry["job"])
+        if "callback" in entry:
+            self.callbacks[entry["callback"]["id"]] = Callback(**entry["callback"])
+        if "run" in entry and all(r["jobId"] != entry["run"]["jobId"] for r in self.runs):
+            self.runs.append(entry["run"])
+        if "upload_name" in entry:
+            name, count = entry["upload_name"]
+            self.uploads_by_name[name] = count
+        if "quota_used" in entry:
+            self.quota_used = int(entry["quota_used"])
+        if "faults_fired" in entry:
+            self.faults_fired = Counter(entry["faults_fired"])
+
+    def _log(self, **entry: Any) -> None:
+        """Append what changed to the journal, in one write (callers hold ``lock``). A no-op in
+        memory mode. Records are whole, so replaying one twice changes nothing."""
+        if not self.data_dir:
+            return
+        for key, value in list(entry.items()):
+            if key in ("file", "job", "callback"):
+                entry[key] = asdict(value)
+        if self._journal is None:
+            self._journal = open(self.data_dir / JOURNAL_NAME, "a", encoding="utf-8")  # noqa: SIM115
+        self._journal.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        self._journal.flush()
+        self._journal_lines += 1
+        if self._journal_lines >= COMPACT_EVERY:
+            self.save()
 
     def save(self) -> None:
-        """Write the index (callers hold ``lock``). A no-op in memory mode."""
+        """Write the whole index and empty the journal (callers hold ``lock``). A no-op in
+        memory mode."""
         if not self.data_dir:
             return
         data = {
@@ -104,6 +164,7 @@ class Store:
             "uploads_by_name": dict(self.uploads_by_name),
             "quota_used": self.quota_used,
             "runs": self.runs,
+            "faults_fired": dict(self.faults_fired),
         }
         fd, tmp = tempfile.mkstemp(prefix=".index-", dir=self.data_dir)
         try:
@@ -114,6 +175,17 @@ class Store:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        # Only once the index has everything: a kill in between replays whole records again.
+        if self._journal is not None:
+            self._journal.close()
+        self._journal = open(self.data_dir / JOURNAL_NAME, "w", encoding="utf-8")  # noqa: SIM115
+        self._journal_lines = 0
+
+    def close(self) -> None:
+        with self.lock:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
 
     def _blob_path(self, version_id: str) -> Path:
         assert self.data_dir is not None
@@ -200,10 +272,10 @@ class Store:
             existing = self.file_at(file_path)
             if existing is not None:
                 if not overwrite:
-                    self.save()
+                    self._log(upload_name=[requested_name, self.uploads_by_name[requested_name]])
                     raise PathExistsError(file_path)
                 if len(existing.versions) >= max_versions:
-                    self.save()
+                    self._log(upload_name=[requested_name, self.uploads_by_name[requested_name]])
                     raise VersionLimitError(existing.id)
                 current = existing.current
                 merged = dict(meta)
@@ -219,7 +291,10 @@ class Store:
                 existing.versions.append(version)
                 existing.current_version_id = version.id
                 existing.is_private = is_private
-                self.save()
+                self._log(
+                    file=existing,
+                    upload_name=[requested_name, self.uploads_by_name[requested_name]],
+                )
                 return existing, version, False
             file_id = object_id()
             # ImageKit's first version has the file's own id.
@@ -237,7 +312,9 @@ class Store:
             )
             self.files[file_id] = record
             self.paths[file_path] = file_id
-            self.save()
+            self._log(
+                file=record, upload_name=[requested_name, self.uploads_by_name[requested_name]]
+            )
             return record, version, True
 
     def add_result_version(
@@ -262,7 +339,7 @@ class Store:
             self._put_blob(version.id, data)
             record.versions.append(version)
             record.current_version_id = version.id
-            self.save()
+            self._log(file=record)
             return record, version
 
     def add_result_file(
@@ -300,14 +377,23 @@ class Store:
             )
             self.files[new_id] = record
             self.paths[record.file_path] = new_id
-            self.save()
+            self._log(file=record)
             return record, version
 
     def add_run(self, run: dict[str, Any]) -> None:
         """Record one paid remove-bg run."""
         with self.lock:
             self.runs.append(run)
-            self.save()
+            self._log(run=run)
+
+    def add_job_and_run(self, job: Job, run: dict[str, Any]) -> Job:
+        """A remove-bg job and its paid run, recorded together (one journal line): a kill
+        cannot leave a job that runs without its run on record, or the other way round."""
+        with self.lock:
+            self.jobs[job.id] = job
+            self.runs.append(run)
+            self._log(job=job, run=run)
+            return job
 
     def list_files(self) -> list[FileRecord]:
         with self.lock:
@@ -320,7 +406,7 @@ class Store:
             for key, value in changes.items():
                 setattr(version, key, value)
             version.updated_at = now_ms()
-            self.save()
+            self._log(file=record)
             return record
 
     def restore(self, file_id: str, version_id: str) -> FileRecord:
@@ -332,7 +418,7 @@ class Store:
                 raise KeyError(version_id)
             record.current_version_id = version.id
             version.updated_at = max(now_ms(), version.updated_at + 1)
-            self.save()
+            self._log(file=record)
             return record
 
     def consume_quota(self, units: int, limit: int | None) -> bool:
@@ -340,7 +426,7 @@ class Store:
             if limit is not None and self.quota_used + units > limit:
                 return False
             self.quota_used += units
-            self.save()
+            self._log(quota_used=self.quota_used)
             return True
 
     # ------------------------------------------------------------------ jobs & callbacks
@@ -348,7 +434,7 @@ class Store:
     def add_job(self, job: Job) -> Job:
         with self.lock:
             self.jobs[job.id] = job
-            self.save()
+            self._log(job=job)
             return job
 
     def update_job(self, job_id: str, **changes: Any) -> Job | None:
@@ -358,7 +444,7 @@ class Store:
                 return None
             for key, value in changes.items():
                 setattr(job, key, value)
-            self.save()
+            self._log(job=job)
             return job
 
     def add_callback(self, callback: Callback) -> Callback:
@@ -367,7 +453,9 @@ class Store:
             job = self.jobs.get(callback.job_id)
             if job is not None:
                 job.callback_id = callback.id
-            self.save()
+                self._log(callback=callback, job=job)
+            else:
+                self._log(callback=callback)
             return callback
 
     def update_callback(
@@ -381,12 +469,15 @@ class Store:
                 callback.attempts.append(attempt)
             for key, value in changes.items():
                 setattr(callback, key, value)
-            self.save()
+            self._log(callback=callback)
             return callback
 
     def log_request(self, entry: dict[str, Any]) -> None:
         with self.lock:
             self.requests.append(entry)
+            if entry.get("fault"):
+                self.faults_fired[entry["fault"]] += 1
+                self._log(faults_fired=dict(self.faults_fired))
 
     # ------------------------------------------------------------------ whole-state
 
@@ -405,6 +496,7 @@ class Store:
             self._blobs.clear()
             self.quota_used = 0
             self.runs.clear()
+            self.faults_fired.clear()
             self.save()
 
     def state(self) -> dict[str, Any]:
@@ -505,4 +597,5 @@ class Store:
                 "removeBgRunCount": len(self.runs),
                 "removeBgRuns": [dict(run) for run in self.runs],
                 "requests": list(self.requests),
+                "faultsFired": dict(self.faults_fired),
             }

@@ -119,10 +119,16 @@ def find_new_version(file_id: str, source_version: str) -> RemoteFile | None:
 
 
 def find_result(job: RemovalJob) -> RemoteFile | None:
-    """The result of ``job`` if ImageKit has it yet (None while there is none)."""
+    """The result of ``job`` if ImageKit has it yet (None while there is none).
+
+    A new version the size of the original is not taken for the result: it is the original
+    uploaded again (a repeated upload overwrites the file with a new version), not a cut-out."""
     if not job.file_id:
         return None
-    return find_new_version(job.file_id, job.source_version_id)
+    found = find_new_version(job.file_id, job.source_version_id)
+    if found is not None and job.source_size and found.size == job.source_size:
+        return None
+    return found
 
 
 def confirm(job: RemovalJob) -> RemoteFile | None:

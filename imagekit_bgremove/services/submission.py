@@ -296,7 +296,9 @@ def _record_submission(
     file_fields = {
         "file_id": str(response.get("fileId") or job.file_id or "")[:100],
         "file_path": str(response.get("filePath") or job.file_path or "")[:500],
-        "source_version_id": job.source_version_id or str((version or {}).get("id") or "")[:100],
+        # The upload just answered is the version remove-bg starts from (a repeated upload
+        # makes a new version of the same file); the fileId path passes its own.
+        "source_version_id": str((version or {}).get("id") or "")[:100] or job.source_version_id,
         "submitted_at": now,
     }
     if status == "failed":
