@@ -4,9 +4,13 @@
 
 Timed is what a request pays: ``Model(photo=upload).save()`` inside ``transaction.atomic()``
 (as the admin and ATOMIC_REQUESTS do) *and the commit*, which with the field includes writing
-the job in that transaction and, on commit, enqueueing the submit task on django-tasks-db's
-DatabaseBackend (the production backend: another row in the same database). The file is
-written to a FileSystemStorage in both cases. No network is involved anywhere.
+the job in that transaction; at commit the submit task is handed to the process's enqueue thread
+(the default, ``ENQUEUE_IN_BACKGROUND``), which enqueues it on django-tasks-db's DatabaseBackend
+(the production backend). That thread's work is waited for after each save, outside the timed
+window, so it never lands in the next save's timing, and it is reported on its own: it is CPU
+the process spends, but not time the request waits. The uploads are the bundled sample photos
+(real JPEGs, 35-72 KB; ``--photo`` for another file), written to a FileSystemStorage in both
+cases. No network is involved anywhere.
 
 Runs on a SQLite file database and on PostgreSQL (``--postgres``, default the local server;
 a throw-away database ``ikbg_bench_save`` is created and dropped), each in its own interpreter.
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import json
 import os
 import statistics
@@ -33,17 +36,11 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_PG = "postgres://postgres@127.0.0.1:5432/ikbg_bench_save"
 
 
-def png(seed: int) -> bytes:
-    from PIL import Image
-
-    image = Image.new("RGB", (64, 48), (255, 255, 255))
-    image.putpixel((seed % 64, (seed // 64) % 48), (seed % 251, 80, 160))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+SAMPLES = HERE.parent / "example_project" / "sample_images"
+PHOTOS = [SAMPLES / name for name in ("astronaut.jpg", "chelsea.jpg", "coffee.jpg")]
 
 
-def measure(database: dict, saves: int, rounds: int) -> dict:
+def measure(database: dict, saves: int, rounds: int, photos: list[str]) -> dict:
     """Runs in a child interpreter configured for ``database``; returns the timings."""
     sys.path.insert(0, str(HERE))
     from _django import configure
@@ -66,16 +63,21 @@ def measure(database: dict, saves: int, rounds: int) -> dict:
         from tests.testapp.models import PlainProduct, Product
 
         per_round = max(1, saves // rounds)
-        images = [png(n) for n in range(per_round * 2 * rounds + 200)]
+        images = [Path(photo).read_bytes() for photo in photos]
         counter = iter(range(10**9))
+        background: list[float] = []
 
         def save_one(model, times: list[float]) -> None:
             data = images[next(counter) % len(images)]
-            upload = SimpleUploadedFile(f"{uuid.uuid4().hex}.png", data, "image/png")
+            upload = SimpleUploadedFile(f"{uuid.uuid4().hex}.jpg", data, "image/jpeg")
             t0 = time.perf_counter()
             with transaction.atomic():
                 model(name="bench", photo=upload).save()
-            times.append(time.perf_counter() - t0)  # file, save() and commit
+            t1 = time.perf_counter()
+            times.append(t1 - t0)  # file, save() and commit
+            queueing.flush(30)  # the enqueue thread's work, outside the request's time
+            if model is Product:
+                background.append(time.perf_counter() - t1)
 
         def run(sequence, sides) -> None:
             gc.collect()
@@ -100,6 +102,7 @@ def measure(database: dict, saves: int, rounds: int) -> dict:
             "vendor": connection.vendor,
             "saves": len(field),
             "field_us": statistics.median(field) * 1e6,
+            "background_us": statistics.median(background) * 1e6,
             "plain_us": statistics.median(plain) * 1e6,
             "ratio": statistics.median(field) / statistics.median(plain),
             "jobs": RemovalJob.objects.count(),
@@ -108,8 +111,8 @@ def measure(database: dict, saves: int, rounds: int) -> dict:
         }
 
 
-def _child(database: dict, saves: int, rounds: int) -> dict:
-    env = {**os.environ, "IKBG_BENCH_CHILD": json.dumps([database, saves, rounds])}
+def _child(database: dict, saves: int, rounds: int, photos: list[str]) -> dict:
+    env = {**os.environ, "IKBG_BENCH_CHILD": json.dumps([database, saves, rounds, photos])}
     done = subprocess.run(
         [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=1800
     )
@@ -157,27 +160,35 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=1.5)
     parser.add_argument("--postgres", default=DEFAULT_PG)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument(
+        "--photo", action="append", help="a photo to upload (repeatable; default: the samples)"
+    )
     args = parser.parse_args()
+    photos = [str(p) for p in (args.photo or PHOTOS)]
 
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         sqlite = {"ENGINE": "django.db.backends.sqlite3", "NAME": f"{scratch}/bench.sqlite3"}
-        results.append(_child(sqlite, args.saves, args.rounds))
+        results.append(_child(sqlite, args.saves, args.rounds, photos))
     if not args.no_postgres:
         config = _postgres(args.postgres)
         if config is not None:
             try:
-                results.append(_child(config, args.saves, args.rounds))
+                results.append(_child(config, args.saves, args.rounds, photos))
             finally:
                 _drop_postgres(config)
 
     failed = False
-    print("save of an uploaded photo, file written + save() + commit (medians)")
-    print(f"{'database':<12}{'plain':>12}{'with field':>14}{'ratio':>9}   target <= {args.target}")
+    sizes = ", ".join(f"{Path(p).name} {Path(p).stat().st_size // 1024} KB" for p in photos)
+    print(f"save of an uploaded photo ({sizes}): file written + save() + commit, medians")
+    print(
+        f"{'database':<12}{'plain':>12}{'with field':>14}{'ratio':>9}"
+        f"{'enqueue thread':>18}   target <= {args.target}"
+    )
     for r in results:
         print(
             f"{r['vendor']:<12}{r['plain_us']:>10.0f}us{r['field_us']:>12.0f}us"
-            f"{r['ratio']:>8.2f}x   ({r['saves']} saves each)"
+            f"{r['ratio']:>8.2f}x{r['background_us']:>16.0f}us   ({r['saves']} saves each)"
         )
         if r["jobs"] != r["expected"] or r["tasks"] != r["expected"]:
             print(f"FAIL: {r['jobs']} jobs and {r['tasks']} tasks for {r['expected']} saves")
@@ -192,7 +203,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     if "IKBG_BENCH_CHILD" in os.environ:
-        database, saves, rounds = json.loads(os.environ["IKBG_BENCH_CHILD"])
-        print(json.dumps(measure(database, saves, rounds)))
+        database, saves, rounds, photos = json.loads(os.environ["IKBG_BENCH_CHILD"])
+        print(json.dumps(measure(database, saves, rounds, photos)))
         sys.exit(0)
     sys.exit(main())

@@ -18,6 +18,7 @@ import re
 from datetime import datetime
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 
 from .. import lifecycle, queueing
@@ -201,25 +202,33 @@ def _upload(job: RemovalJob, lease: int, field: Any, options: RemoveBgOptions) -
             ),
         )
         return "failed"
+    inspected: dict[str, Any] = {}
     if not job.source_hash:
         source_hash, size = _inspect_source(storage, job.source_name)
         job.source_hash, job.source_size = source_hash, size
         job.content_key = dedupe.content_key(source_hash, options)
-        if not _guarded(
-            job, lease, source_hash=source_hash, source_size=size, content_key=job.content_key
-        ):
-            return "lost"
+        inspected = {
+            "source_hash": source_hash,
+            "source_size": size,
+            "content_key": job.content_key,
+        }
     folder, name = upload_folder(field), upload_name(job)
     if job.submission_uncertain:
+        if inspected and not _guarded(job, lease, **inspected):
+            return "lost"
+        inspected = {}
         stored = remote.client().find_file(folder, name)
         if stored:
             # The upload whose answer was lost did arrive: its callback will come to this job.
             found = {"fileId": stored.get("fileId"), "filePath": stored.get("filePath")}
             return _record_submission(job, lease, found, status="pending")
-    if not job.force:
-        decision = dedupe.claim(job, job.content_key, lease=lease)
-        if decision != "own":
-            return "shared" if decision == "share" else "waiting"
+    # One transaction (one commit) records what the original is and decides who pays for it.
+    with transaction.atomic():
+        if inspected and not _guarded(job, lease, **inspected):
+            return "lost"
+        decision = "own" if job.force else dedupe.claim(job, job.content_key, lease=lease)
+    if decision != "own":
+        return "shared" if decision == "share" else "waiting"
     tags = list(app_settings.TAGS or []) + list(field.imagekit_tags or [])
     sent_at = timezone.now()
     with storage.open(job.source_name, "rb") as fh:
@@ -315,18 +324,22 @@ def _record_submission(
             **file_fields,
         )
         return "failed"
-    if RemovalJob.objects.transition(
-        job.pk,
-        [JobStatus.SUBMITTING],
-        JobStatus.PENDING,
-        lease=lease,
-        next_attempt_at=None,
-        submission_uncertain=uncertain,
-        error_code="",
-        error_message="",
-        error_details=None,
-        **file_fields,
-    ):
+    with transaction.atomic():  # the move and the check it schedules, in one commit
+        moved = RemovalJob.objects.transition(
+            job.pk,
+            [JobStatus.SUBMITTING],
+            JobStatus.PENDING,
+            lease=lease,
+            next_attempt_at=None,
+            submission_uncertain=uncertain,
+            error_code="",
+            error_message="",
+            error_details=None,
+            **file_fields,
+        )
+        if moved and status != "success":
+            schedule_check(job.pk, now, now)
+    if moved:
         if status == "success":
             # Done before the answer: no callback will come; settle from the file's details.
             job.refresh_from_db()
@@ -334,7 +347,7 @@ def _record_submission(
             if result is not None:
                 results.apply_result(job.pk, result, source="upload answer")
                 return "received"
-        schedule_check(job.pk, now, now)
+            schedule_check(job.pk, now, now)
         return "pending"
     # A callback settled the job while we were submitting: only record what ImageKit told us.
     RemovalJob.objects.filter(pk=job.pk, file_id="").update(file_id=file_fields["file_id"])
