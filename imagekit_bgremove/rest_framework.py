@@ -66,6 +66,7 @@ from rest_framework.settings import api_settings
 from . import services
 from .api import (
     ACCEPTED_HEADERS,
+    CodedErrorsMixin,
     OptionsField,
     PayloadTooLarge,
     RemovalAPIViewMixin,
@@ -86,6 +87,7 @@ __all__ = [
     "BackgroundRemovalField",
     "BackgroundRemovalStateSerializer",
     "BackgroundRemovalViewSetMixin",
+    "CodedErrorsMixin",
     "RemovalOptionsField",
     "RemovalRateThrottle",
     "StrictFieldsMixin",
@@ -334,7 +336,7 @@ class BackgroundRemovalViewSetMixin(RemovalAPIViewMixin):
         parameters=ACCEPTED_HEADERS,
         responses={
             202: accepted_response("Queued; poll the job at Location."),
-            **error_responses(400, 401, 403, 404, 409, 413, 429),
+            **error_responses(400, 401, 403, 404, 409, 413, 415, 429),
         },
         examples=[
             OpenApiExample(

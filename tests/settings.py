@@ -1,5 +1,8 @@
 """Settings for the test suite. DATABASE_URL picks the database (SQLite by default)."""
 
+import os
+import tempfile
+
 import environ
 
 env = environ.Env()
@@ -48,8 +51,19 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default="sqlite:///:memory:")}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # Threads (live server, emulator callbacks) share the in-memory database in tests.
-    DATABASES["default"].setdefault("TEST", {})["NAME"] = ""
+    # A file, not memory: for an in-memory database Django hands the live server's threads the
+    # test's own connection object, and two threads in atomic blocks on one connection corrupt
+    # its transaction state (once left open, it stalled every later test). With a file each
+    # thread has its own connection; WAL lets readers run beside the writer, IMMEDIATE takes
+    # the write lock at BEGIN so concurrent writers wait instead of failing to upgrade.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.path.join(tempfile.gettempdir(), f"imagekit-bgremove-test-{os.getpid()}.sqlite3")
+    }
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=30,
+        transaction_mode="IMMEDIATE",
+        init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF",
+    )
 
 TASKS = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
 try:

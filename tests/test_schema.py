@@ -85,6 +85,27 @@ def test_every_answer_has_its_code_and_body(schema):
                 assert content.get("examples"), f"{label} {code} has no example"
 
 
+@pytest.mark.django_db
+@pytest.mark.urls("example_project.urls")
+def test_an_unparsable_body_is_a_documented_415_with_its_code(schema, admin_client):
+    # Schemathesis found a 415 from the token endpoint that the schema did not list.
+    with_body = [
+        (path, method)
+        for path, method, operation in operations(schema)
+        if "requestBody" in operation
+    ]
+    assert ("/api/token/", "POST") in with_body
+    for path, method in with_body:
+        assert "415" in schema["paths"][path][method.lower()]["responses"], f"{method} {path}"
+    for url in ("/api/token/", "/imagekit-bgremove/api/removals/", "/api/products/"):
+        answer = admin_client.post(url, "hello", content_type="text/plain")
+        assert answer.status_code == 415, url
+        assert answer.json() == {
+            "detail": 'Unsupported media type "text/plain" in request.',
+            "code": "unsupported_media_type",
+        }, url
+
+
 def test_202_answers_document_location_and_retry_after(schema):
     for path, method, operation in operations(schema):
         accepted = operation["responses"].get("202")

@@ -18,6 +18,7 @@ from imagekit_bgremove.api_schema import OpenApiExample, extend_schema, extend_s
 from imagekit_bgremove.rest_framework import (
     BackgroundRemovalField,
     BackgroundRemovalViewSetMixin,
+    CodedErrorsMixin,
     RemovalOptionsField,
     StrictFieldsMixin,
 )
@@ -54,7 +55,7 @@ class ProductPermissions(DjangoModelPermissions):
         return super().has_permission(request, view)
 
 
-PRODUCT_ERRORS = error_responses(400, 401, 403, 413, 429)
+PRODUCT_ERRORS = error_responses(400, 401, 403, 413, 415, 429)
 UPLOAD_EXAMPLE = OpenApiExample(
     "A product without a photo yet (photos are multipart uploads)",
     value={"name": "Mug", "description": "Stoneware"},
@@ -94,13 +95,13 @@ class TokenSerializer(serializers.Serializer):
     token = serializers.CharField(help_text='Send it as "Authorization: Token <token>".')
 
 
-class ObtainToken(ObtainAuthToken):
+class ObtainToken(CodedErrorsMixin, ObtainAuthToken):
     """Your API token, for your user name and password (form fields or JSON)."""
 
     @extend_schema(
         summary="Get your API token",
         tags=["authentication"],
-        responses={200: TokenSerializer, **error_responses(400)},
+        responses={200: TokenSerializer, **error_responses(400, 415)},
         auth=[],
     )
     def post(self, request, *args, **kwargs):

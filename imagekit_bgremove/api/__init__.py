@@ -51,6 +51,7 @@ from .serializers import (
 from .views import (
     BudgetSpent,
     CanChangeTarget,
+    CodedErrorsMixin,
     PayloadTooLarge,
     RemovalAPIViewMixin,
     RemovalPagination,
@@ -62,6 +63,7 @@ __all__ = [
     "ACCEPTED_HEADERS",
     "BudgetSpent",
     "CanChangeTarget",
+    "CodedErrorsMixin",
     "OptionsField",
     "PayloadTooLarge",
     "RemovalAPIViewMixin",

@@ -96,6 +96,10 @@ ERROR_RESPONSES: dict[int, Any] = {
             "The request body is 90000 bytes; this endpoint takes at most 65536.",
         ),
     ),
+    415: _error(
+        "The body's Content-Type is not one this endpoint parses (JSON, multipart or form).",
+        ("Unsupported media type", 'Unsupported media type "text/plain" in request.'),
+    ),
     429: _error(
         "Throttled (scope imagekit_bgremove), or the daily budget of removals is spent; "
         "Retry-After says when to try again.",

@@ -94,7 +94,25 @@ class RemovalRateThrottle(SimpleRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": ident}
 
 
-class RemovalAPIViewMixin:
+class CodedErrorsMixin:
+    # For any DRF view: error bodies carry "code" next to "detail" (as the schema's error answers
+    # say), and Django's own upload limits answer 413 instead of 400.
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, RequestDataTooBig | TooManyFieldsSent | TooManyFilesSent):
+            exc = PayloadTooLarge(str(exc) or PayloadTooLarge.default_detail)
+        response = super().handle_exception(exc)
+        data = response.data
+        if isinstance(data, dict) and set(data) == {"detail"}:
+            code = exc.get_codes() if isinstance(exc, APIException) else None
+            if not isinstance(code, str):
+                code = {404: "not_found", 403: "permission_denied"}.get(response.status_code)
+            if code:
+                response.data = {"detail": data["detail"], "code": code}
+        return response
+
+
+class RemovalAPIViewMixin(CodedErrorsMixin):
     # What the views of this app (and imagekit_bgremove.rest_framework's mixin) add to a DRF
     # view (comments, not a docstring: schema generators would show it on your endpoints):
     # - 401 with WWW-Authenticate whenever *one* of the authentication classes can ask for
@@ -151,19 +169,9 @@ class RemovalAPIViewMixin:
         super().initial(request, *args, **kwargs)
 
     def handle_exception(self, exc: Exception) -> Response:
-        if isinstance(exc, RequestDataTooBig | TooManyFieldsSent | TooManyFilesSent):
-            exc = PayloadTooLarge(str(exc) or PayloadTooLarge.default_detail)
-        elif isinstance(exc, services.BudgetExhausted):
+        if isinstance(exc, services.BudgetExhausted):
             exc = BudgetSpent(str(exc), wait=seconds_until_tomorrow())
-        response = super().handle_exception(exc)
-        data = response.data
-        if isinstance(data, dict) and set(data) == {"detail"}:
-            code = exc.get_codes() if isinstance(exc, APIException) else None
-            if not isinstance(code, str):
-                code = {404: "not_found", 403: "permission_denied"}.get(response.status_code)
-            if code:
-                response.data = {"detail": data["detail"], "code": code}
-        return response
+        return super().handle_exception(exc)
 
     def accepted(self, job: RemovalJob) -> Response:
         """202 with the job, its URL in ``Location`` and when to poll it in ``Retry-After``."""
@@ -341,7 +349,7 @@ class RemovalViewSet(
         parameters=ACCEPTED_HEADERS,
         responses={
             202: accepted_response("Queued; poll the job at Location."),
-            **error_responses(400, 401, 403, 413, 429),
+            **error_responses(400, 401, 403, 413, 415, 429),
         },
         examples=[
             OpenApiExample(
@@ -390,7 +398,7 @@ class RemovalViewSet(
         parameters=ACCEPTED_HEADERS,
         responses={
             202: accepted_response("The new attempt, queued; poll it at Location."),
-            **error_responses(400, 401, 403, 404, 409, 413, 429),
+            **error_responses(400, 401, 403, 404, 409, 413, 415, 429),
         },
         examples=[
             OpenApiExample(
