@@ -7,8 +7,9 @@ the result's bytes are later fetched from ImageKit's API, not from a URL in the 
 
 What it stores: a request that is refused, or that repeats a result already recorded, is only
 counted (``WebhookCount``: one row per kind and minute, however many requests), so a flood costs
-bounded storage. An authenticated callback that is acted upon gets a ``WebhookDelivery`` row,
-committed before processing so that a delivery that later fails is still on record.
+bounded storage. An authenticated callback that is acted upon gets a ``WebhookDelivery`` row
+with its verdict, in the transaction that applies it; when applying fails, that is rolled back
+and the delivery is recorded on its own, with the error.
 
 =====================================  ======  ===========================================
 check                                  status  kept
@@ -49,7 +50,7 @@ from rest_framework.views import APIView
 
 from . import services, signatures, tokens
 from .conf import app_settings
-from .models import DeliveryVerdict, WebhookCount, WebhookDelivery
+from .models import DeliveryVerdict, RemovalJob, WebhookCount, WebhookDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class ImageKitWebhookView(APIView):
         # ImageKit repeats callbacks (it retries for 24 h): a repeat of a result that is already
         # recorded is answered from one read and counted, not stored.
         try:
-            known = services.recorded_result_version(job_id, payload)
+            known = services.recorded_result_version(job_id, callback)
         except Exception:
             known = None  # database trouble: the full path below deals with it and records it
         if known is not None:
@@ -210,38 +211,38 @@ class ImageKitWebhookView(APIView):
             delivery.signature_scheme = verified.scheme
         elif signatures.has_signature(django_request.headers):
             delivery.signature_scheme = "unchecked"  # signed, but no secret configured to check
-        # Acted upon from here: commit the record first, so it survives whatever processing does.
-        try:
-            delivery.save(force_insert=True)
-        except Exception:
-            logger.exception("could not record webhook delivery for job %s", job_id)
-            return _reply(500, DeliveryVerdict.ERROR, "could not record the delivery; retry later")
         return self._process(delivery, job_id, callback, signed=verified is not None)
 
     def _process(
         self, delivery: WebhookDelivery, job_id: int, callback: Any, *, signed: bool
     ) -> JsonResponse:
-        update: dict[str, Any]
+        """Apply the callback and record the delivery with its verdict in one transaction: one
+        commit per callback. If anything fails, that transaction is rolled back as a whole and
+        the delivery is recorded on its own with the error (a crash records nothing, but then
+        ImageKit gets no 200 and delivers again)."""
+
+        def record(outcome: Any) -> None:
+            delivery.verdict, delivery.status_code = str(outcome.verdict), 200
+            delivery.outcome = outcome.message
+            delivery.job_id = outcome.job.pk if outcome.job else None
+            delivery.save(force_insert=True)
+
         try:
-            # The job row is locked while the callback is applied, in one transaction.
-            outcome = services.apply_parsed_callback(job_id, callback, signed=signed)
+            # The job row is locked while the callback is applied.
+            outcome = services.apply_parsed_callback(job_id, callback, signed=signed, then=record)
         except Exception as exc:
-            logger.exception("webhook delivery %s for job %s failed", delivery.pk, job_id)
-            status, verdict = 500, DeliveryVerdict.ERROR
-            message = "processing failed; ImageKit will retry"
-            update = {"error": f"{type(exc).__name__}: {exc}"[:5000]}
-        else:
-            status, verdict, message = 200, str(outcome.verdict), outcome.message
-            update = {"outcome": message, "job_id": outcome.job.pk if outcome.job else None}
-        try:
-            WebhookDelivery.objects.filter(pk=delivery.pk).update(
-                verdict=verdict, status_code=status, **update
-            )
-        except Exception:
-            # The callback itself took effect (or not) already; only the record is incomplete.
-            logger.exception("could not update webhook delivery %s", delivery.pk)
-        extra = {"job": job_id} if status == 200 else {}
-        return _reply(status, verdict, message, **extra)
+            logger.exception("webhook delivery for job %s failed", job_id)
+            delivery.pk = None
+            delivery.verdict, delivery.status_code = DeliveryVerdict.ERROR, 500
+            delivery.error = f"{type(exc).__name__}: {exc}"[:5000]
+            try:
+                # The job may be gone (deleted), and the row must still be written.
+                delivery.job_id = job_id if RemovalJob.objects.filter(pk=job_id).exists() else None
+                delivery.save(force_insert=True)
+            except Exception:
+                logger.exception("could not record webhook delivery for job %s", job_id)
+            return _reply(500, DeliveryVerdict.ERROR, "processing failed; ImageKit will retry")
+        return _reply(200, str(outcome.verdict), outcome.message, job=job_id)
 
     def _refuse(
         self, request: HttpRequest, status: int, kind: str, message: str, **extra: Any

@@ -338,7 +338,7 @@ def test_login_required_middleware_lets_it_through(client, settings):
 def test_unexpected_error_is_500_and_recorded(client, monkeypatch):
     job = make_job()
 
-    def broken(job_id, callback, signed):
+    def broken(job_id, callback, signed, then):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(services, "apply_parsed_callback", broken)
@@ -350,22 +350,48 @@ def test_unexpected_error_is_500_and_recorded(client, monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_failure_after_the_job_moved_undoes_it_and_the_retry_applies(
+    client, monkeypatch, dummy_tasks
+):
+    from imagekit_bgremove import lifecycle
+
+    job = make_job()
+    settle = lifecycle.settle_waiters
+
+    def failing(job_id):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(lifecycle, "settle_waiters", failing)
+    assert post(client, url_for(job), success()).status_code == 500
+    job.refresh_from_db()
+    assert (job.status, job.result_url) == (JobStatus.PENDING, "")  # nothing half-applied
+    monkeypatch.setattr(lifecycle, "settle_waiters", settle)
+    again = post(client, url_for(job), success())  # ImageKit delivers it again
+    assert (again.status_code, again.json()["verdict"]) == (200, "accepted")
+    job.refresh_from_db()
+    assert job.status == JobStatus.RECEIVED and job.result_version_id == "ver_1"
+    assert list(WebhookDelivery.objects.order_by("pk").values_list("verdict", "status_code")) == [
+        ("error", 500),
+        ("accepted", 200),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_atomic_requests_delivery_survives_failed_processing(client, monkeypatch):
     monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
     job = make_job()
     seen = {}
 
-    def failing(job_id, callback, signed):
-        # The delivery row must already be committed: the view runs outside ATOMIC_REQUESTS.
+    def failing(job_id, callback, signed, then):
+        # The view runs outside ATOMIC_REQUESTS: its failure cannot take the record with it.
         seen["autocommit"] = connection.get_autocommit() and not connection.in_atomic_block
-        seen["recorded"] = WebhookDelivery.objects.filter(job_id=job_id).exists()
         with connection.cursor() as cursor:  # a real database error (aborts a PG transaction)
             cursor.execute("SELECT no_such_column FROM imagekit_bgremove_removaljob")
 
     monkeypatch.setattr(services, "apply_parsed_callback", failing)
     response = post(client, url_for(job), success())
     assert response.status_code == 500
-    assert seen == {"autocommit": True, "recorded": True}
+    assert seen == {"autocommit": True}
     delivery = WebhookDelivery.objects.get()
     assert (delivery.verdict, delivery.status_code) == ("error", 500)
     assert delivery.error

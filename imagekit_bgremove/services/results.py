@@ -8,6 +8,7 @@ while the decision is made, so a callback and a check arriving together settle t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,15 +48,19 @@ def _same_result(job: RemovalJob, result: RemoteFile) -> bool:
 
 
 def recorded_result_version(job_id: int, payload: Any) -> str | None:
-    """The result's version id when ``payload`` is a SUCCESS callback whose result job
+    """The result's version id when ``payload`` (a body, or one already parsed) is a SUCCESS
+    callback whose result job
     ``job_id`` has already recorded, else None.
 
     A read-only shortcut for repeated callbacks (ImageKit retries for a day): ``apply_callback``
     would answer "duplicate" for these without changing anything."""
-    try:
-        callback = parse_callback(payload)
-    except ValueError:
-        return None
+    if isinstance(payload, Callback):
+        callback = payload
+    else:
+        try:
+            callback = parse_callback(payload)
+        except ValueError:
+            return None
     if not callback.succeeded or callback.result is None:
         return None
     job = (
@@ -76,8 +81,16 @@ def apply_callback(job_id: int, payload: Any, *, signed: bool = False) -> Callba
     return apply_parsed_callback(job_id, parse_callback(payload), signed=signed)
 
 
-def apply_parsed_callback(job_id: int, callback: Callback, *, signed: bool) -> CallbackOutcome:
-    return _apply(job_id, callback, trusted=signed, source="callback")
+def apply_parsed_callback(
+    job_id: int,
+    callback: Callback,
+    *,
+    signed: bool,
+    then: Callable[[CallbackOutcome], None] | None = None,
+) -> CallbackOutcome:
+    """``then``, when given, runs with the outcome inside the same transaction (the webhook
+    records its delivery there: one commit for the whole callback)."""
+    return _apply(job_id, callback, trusted=signed, source="callback", then=then)
 
 
 def apply_result(job_id: int, result: RemoteFile, *, source: str) -> CallbackOutcome:
@@ -86,21 +99,43 @@ def apply_result(job_id: int, result: RemoteFile, *, source: str) -> CallbackOut
     return _apply(job_id, callback, trusted=True, source=source)
 
 
-def _apply(job_id: int, callback: Callback, *, trusted: bool, source: str) -> CallbackOutcome:
+def _apply(
+    job_id: int,
+    callback: Callback,
+    *,
+    trusted: bool,
+    source: str,
+    then: Callable[[CallbackOutcome], None] | None = None,
+) -> CallbackOutcome:
     with transaction.atomic():
-        job = RemovalJob.objects.select_for_update().filter(pk=job_id).first()
-        if job is None:
-            return CallbackOutcome("ignored", f"Job #{job_id} does not exist (deleted?).")
-        if job.status == JobStatus.WAITING:
-            return CallbackOutcome(
-                "ignored", f"Job #{job.pk} is {job.status}; the {source} is ignored.", job
-            )
-        if job.status in (JobStatus.SUPERSEDED, JobStatus.CANCELLED):
-            return _keep_for_identical(job, callback, source=source)
-        if callback.succeeded:
-            assert callback.result is not None
-            return _accept_result(job, callback.result, trusted=trusted, source=source)
-        return _accept_failure(job, callback)
+        outcome = _decide(job_id, callback, trusted=trusted, source=source)
+        if then is not None:
+            then(outcome)
+        return outcome
+
+
+def _decide(job_id: int, callback: Callback, *, trusted: bool, source: str) -> CallbackOutcome:
+    # Primary key only, no ORDER BY: .first() would add one.
+    job = next(iter(RemovalJob.objects.select_for_update().filter(pk=job_id).order_by()), None)
+    if job is None:
+        return CallbackOutcome("ignored", f"Job #{job_id} does not exist (deleted?).")
+    if job.status == JobStatus.WAITING:
+        return CallbackOutcome(
+            "ignored", f"Job #{job.pk} is {job.status}; the {source} is ignored.", job
+        )
+    if job.status in (JobStatus.SUPERSEDED, JobStatus.CANCELLED):
+        return _keep_for_identical(job, callback, source=source)
+    if callback.succeeded:
+        assert callback.result is not None
+        return _accept_result(job, callback.result, trusted=trusted, source=source)
+    return _accept_failure(job, callback)
+
+
+def _moved(job: RemovalJob, status: str, fields: dict[str, Any]) -> None:
+    """What a transition just wrote, on the instance in hand (no second read)."""
+    job.status = status
+    for name, value in fields.items():
+        setattr(job, name, value)
 
 
 def _keep_for_identical(job: RemovalJob, callback: Callback, *, source: str) -> CallbackOutcome:
@@ -161,10 +196,7 @@ def _accept_result(
         changes["file_id"] = result.file_id
     if result.file_path and not job.file_path:
         changes["file_path"] = result.file_path
-    moved = RemovalJob.objects.transition(
-        job.pk,
-        sources,
-        JobStatus.RECEIVED,
+    changes.update(
         submission_uncertain=False,
         next_attempt_at=None,
         finalize_attempts=0,
@@ -172,13 +204,12 @@ def _accept_result(
         error_message="",
         error_details=None,
         finished_at=None,
-        **changes,
     )
-    if not moved:
+    if not RemovalJob.objects.transition(job.pk, sources, JobStatus.RECEIVED, **changes):
         return CallbackOutcome("ignored", f"Job #{job.pk} is no longer waiting for a result.", job)
+    _moved(job, JobStatus.RECEIVED, changes)
     queueing.enqueue_on_commit(queueing.FINALIZE, job.pk)
     lifecycle.settle_waiters(job.pk)
-    job.refresh_from_db()
     return CallbackOutcome(
         "accepted",
         f"Result version {result.version_id or '?'} recorded for job #{job.pk} ({source}).",
@@ -213,5 +244,5 @@ def _accept_failure(job: RemovalJob, callback: Callback) -> CallbackOutcome:
         changes["file_id"] = callback.file_id
     if not lifecycle.fail(job.pk, FAILURE_SOURCES, **changes):
         return CallbackOutcome("ignored", f"Job #{job.pk} is no longer waiting for a result.", job)
-    job.refresh_from_db()
+    _moved(job, JobStatus.FAILED, changes)
     return CallbackOutcome("accepted", f"Job #{job.pk} failed at ImageKit.", job)
