@@ -343,6 +343,21 @@ def test_the_checker_reports_what_went_wrong(break_it, expected):
     assert any(expected in v for v in found), found
 
 
+def test_the_upload_of_a_request_the_killed_server_cut_off_is_known_not_stray():
+    """Seen in a CI soak: gunicorn was killed during an admin change form's POST, after Django
+    had written the upload but before its row committed; the client sent it again."""
+    snapshot, state, plan = good_run()
+    snapshot["cut_off_uploads"] = ["admin-00007.jpg"]
+    snapshot["stray_files"] += ["products/admin-00007.jpg", "products/admin-00007_AbC12dE.jpg"]
+    storage = next(c for c in soak.verify(snapshot, state, plan) if c.key == "storage")
+    assert storage.ok and storage.known and storage.known[0].startswith("2 x the upload")
+    snapshot["stray_files"].append("products/admin-00008.jpg")  # no request cut off for it
+    storage = next(c for c in soak.verify(snapshot, state, plan) if c.key == "storage")
+    assert storage.violations == [
+        "products/admin-00008.jpg is in storage, but no job or product owns it"
+    ]
+
+
 def test_a_run_paid_again_after_a_superseded_payer_is_a_violation():
     """Finding 2 (fixed; its test is in tests/test_soak_findings.py): a second paid run of an
     image whose first payer was superseded is reported as a violation."""

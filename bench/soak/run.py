@@ -371,6 +371,7 @@ def run(config: SoakConfig) -> dict[str, Any]:
         totals = reconciler.totals
         snapshot["taken_back"] = totals["unstuck"] + totals["finalize_requeued"]
         snapshot["emulator_restarts"] = chaos.kills.get("emulator", 0) if chaos else 0
+        snapshot["cut_off_uploads"] = list(driver.web.cut_off_uploads)
         checks = verify(snapshot, state, plan.as_dict(), tolerance=config.tolerance_seconds)
         found = violations(checks)
         extra: list[str] = []

@@ -9,6 +9,8 @@ callbacks). ``tests/test_soak.py`` breaks a hand-made good run in each way it ca
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -150,10 +152,32 @@ def check_originals(snapshot) -> Check:
     return c
 
 
+def _left_by_a_cut_off_upload(name: str, uploads: list[str]) -> bool:
+    """Whether ``name`` is the file of an upload whose request a killed server cut off: Django
+    stores it under the uploaded name, or that name with ``_<7 characters>`` when taken."""
+    stem, ext = os.path.splitext(os.path.basename(name))
+    for upload in uploads:
+        upload_stem, upload_ext = os.path.splitext(upload)
+        if ext == upload_ext and (
+            stem == upload_stem or re.fullmatch(rf"{re.escape(upload_stem)}_[A-Za-z0-9]{{7}}", stem)
+        ):
+            return True
+    return False
+
+
 def check_storage(snapshot) -> Check:
     c = Check("storage")
+    cut_off = 0
     for name in snapshot["stray_files"]:
-        c.violations.append(f"{name} is in storage, but no job or product owns it")
+        if _left_by_a_cut_off_upload(name, snapshot.get("cut_off_uploads", [])):
+            cut_off += 1
+        else:
+            c.violations.append(f"{name} is in storage, but no job or product owns it")
+    if cut_off:
+        c.known.append(
+            f"{cut_off} x the upload of a request the killed server cut off before its commit: "
+            "Django writes an upload to storage before the row commits (any FileField does)"
+        )
     c.detail = (
         f"{snapshot.get('storage_files', 0)} files: {len(snapshot['originals'])} originals, "
         f"{sum(1 for j in snapshot['jobs'] if j['result_name'])} results, "

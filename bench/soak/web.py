@@ -32,6 +32,9 @@ class Web:
         self.api.auth = (ADMIN_USER, ADMIN_PASSWORD)
         self.retried = 0  # requests sent again after no answer, having checked they had not
         self.answer_lost_but_done = 0  # requests that took effect although no answer came
+        # Uploads whose request was cut off (a killed server) without taking effect: Django
+        # writes an upload to storage before the row commits, so its file may be left behind.
+        self.cut_off_uploads: list[str] = []
 
     # -- plumbing --------------------------------------------------------------------------------
     def _honest(self, send: Callable[[], Any], took_effect: Callable[[], bool]) -> Any:
@@ -120,7 +123,13 @@ class Web:
                 allow_redirects=False,
             )
 
-        answer = self._honest(send, took_effect)
+        def took_effect_or_left_a_file() -> bool:
+            if took_effect():
+                return True
+            self.cut_off_uploads.append(photo[0])
+            return False
+
+        answer = self._honest(send, took_effect_or_left_a_file)
         if answer is not None and answer.status_code != 302:
             errors = re.findall(r'class="errorlist[^"]*"[^>]*>(.*?)</ul>', answer.text, re.S)
             raise WebError(f"POST {path}: {answer.status_code} {errors[:3] or answer.text[:300]}")
