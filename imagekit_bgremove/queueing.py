@@ -87,6 +87,27 @@ def _joins_transaction(using: str | None) -> bool:
     return router.db_for_write(DBTaskResult) == (using or DEFAULT_DB_ALIAS)
 
 
+#: Seconds without work after which the enqueue thread closes its database connections.
+IDLE_CLOSE_SECONDS = 5.0
+
+
+def _drop_broken_connections() -> None:
+    """Close this thread's connections that an error left unusable or out of autocommit (what
+    Django's per-request check does, without closing healthy ones)."""
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is None:
+            continue
+        if connection.get_autocommit() != connection.settings_dict["AUTOCOMMIT"]:
+            connection.close()
+        elif connection.errors_occurred:
+            if connection.is_usable():
+                connection.errors_occurred = False
+            else:
+                connection.close()
+
+
 class _Dispatcher:
     """Enqueues, on a thread of this process, the tasks that commits hand over, so that a request
     never waits for the task queue (with ImmediateBackend, not for the task itself either).
@@ -117,18 +138,38 @@ class _Dispatcher:
         self._items.put(item)
 
     def _run(self) -> None:
-        from django.db import close_old_connections
+        from django.db import connections
 
         while True:
-            name, args, run_after, on_error = self._items.get()
             try:
-                enqueue_now(name, *args, run_after=run_after, on_error=on_error)
+                item = self._items.get(timeout=IDLE_CLOSE_SECONDS)
+            except queue.Empty:
+                # Idle: give the connections back. While busy they are kept (closing after each
+                # task, as a request does under CONN_MAX_AGE=0, cost a new PostgreSQL
+                # connection per save).
+                connections.close_all()
+                item = self._items.get()
+            name, args, run_after, on_error = item
+            try:
+                if name is None:  # release_connections()
+                    connections.close_all()
+                else:
+                    enqueue_now(name, *args, run_after=run_after, on_error=on_error)
             finally:
-                close_old_connections()
+                _drop_broken_connections()
                 with self._lock:
                     self._pending -= 1
                     if self._pending <= 0:
                         self._idle.notify_all()
+
+    def release_connections(self, timeout: float | None = None) -> bool:
+        """Have the thread close its database connections now (before a database is dropped,
+        say), once what was handed over before is enqueued."""
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid():
+                return True
+        self.put(None, (), None, None)
+        return self.flush(timeout)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything handed over is enqueued; returns whether it was."""
@@ -145,6 +186,12 @@ atexit.register(_dispatcher.flush, 5.0)
 def flush(timeout: float | None = None) -> bool:
     """Wait until the enqueues this process handed to its background thread are done."""
     return _dispatcher.flush(timeout)
+
+
+def release_connections(timeout: float | None = None) -> bool:
+    """Flush, then have the enqueue thread close its database connections (it keeps them while
+    busy and closes them after ``IDLE_CLOSE_SECONDS`` without work)."""
+    return _dispatcher.release_connections(timeout)
 
 
 def enqueue_on_commit(

@@ -7,7 +7,8 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.backends.signals import connection_created
 from django.utils import timezone
 
 from imagekit_bgremove import queueing, services
@@ -30,10 +31,14 @@ def _recording_backend_class():
         """Remembers which thread enqueued each task, and can be told to fail."""
 
         fail = False
+        uses_database = False
 
         def enqueue(self, task, args, kwargs):
             if Recording.fail:
                 raise ConnectionError("the queue is down")
+            if Recording.uses_database:  # as a database task backend does
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT 1")
             seen.append((task.name, threading.get_ident(), tuple(args)))
             return super().enqueue(task, args, kwargs)
 
@@ -47,10 +52,11 @@ RecordingBackend = _recording_backend_class()
 def background(settings):
     seen.clear()
     RecordingBackend.fail = False
+    RecordingBackend.uses_database = False
     settings.TASKS = {"default": {"BACKEND": f"{__name__}.RecordingBackend"}}
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "ENQUEUE_IN_BACKGROUND": True}
     yield
-    queueing.flush(10)
+    assert queueing.release_connections(10)  # the test database is dropped at the end
 
 
 def test_the_commit_hands_the_task_to_the_enqueue_thread(emulator, background):
@@ -81,3 +87,23 @@ def test_a_failed_background_enqueue_is_recorded_and_reconciled(emulator, backgr
     assert queueing.flush(10)
     assert [s[0] for s in seen] == ["submit_removal"]
     assert task_backends["default"].results[-1].args == [job.pk]
+
+
+def test_the_enqueue_thread_keeps_its_connection_while_busy(emulator, background):
+    # Closing it after every task, as a request does under CONN_MAX_AGE=0, opened a new
+    # database connection per save (on PostgreSQL that cost more than the save itself).
+    RecordingBackend.uses_database = True
+    opened: list[str] = []
+
+    def count(sender, connection, **kwargs):
+        opened.append(threading.current_thread().name)
+
+    connection_created.connect(count)
+    try:
+        for seed in range(10):
+            Product.objects.create(photo=make_image(f"busy{seed}.png", seed=10 + seed))
+            assert queueing.flush(10)
+    finally:
+        connection_created.disconnect(count)
+    assert len(seen) == 10
+    assert opened.count("imagekit-bgremove-enqueue") <= 1, opened
