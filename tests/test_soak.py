@@ -358,6 +358,55 @@ def test_the_upload_of_a_request_the_killed_server_cut_off_is_known_not_stray():
     ]
 
 
+def test_a_twin_of_a_result_made_with_other_options_pays_for_its_own():
+    """Seen at 1,000 images: the twin of a product whose result came from an API request with
+    other options was uploaded, rightly (another (image, options))."""
+    snapshot, state, plan = good_run()
+    original = {**snapshot["jobs"][0], "id": 2, "object_id": "9"}
+    original["requested_options"] = {**OPTIONS, "bg_color": "FF0000"}
+    snapshot["jobs"].append(original)
+    plan["identical"] = [{"product": 10, "original_product": 9, "original_job": 2}]
+    sent_again = "has the image of product 9 (succeeded), but was sent to ImageKit again"
+    found = soak.violations(soak.verify(snapshot, state, plan))
+    assert not any(sent_again in v for v in found), found
+    original["requested_options"] = OPTIONS  # the same options: it should have shared
+    found = soak.violations(soak.verify(snapshot, state, plan))
+    assert any(sent_again in v for v in found), found
+
+
+def test_a_waiter_fails_as_the_superseded_run_it_waited_for_failed():
+    """Seen at 1,000 images: job #392 waited on job #338, superseded while its run was at
+    ImageKit; that run failed, so the identical image failed the same way."""
+    snapshot, state, plan = good_run()
+    source = snapshot["jobs"][0]
+    source.update(status="superseded", error_code="removal_failed", result_url="")
+    waiter = {**source, "id": 2, "object_id": "11", "status": "failed", "duplicate_of_id": 1}
+    snapshot["jobs"].append(waiter)
+    state["jobs"][0]["status"] = "failed"
+    copy_of = "failed as a copy of job #1"
+    found = soak.violations(soak.verify(snapshot, state, plan))
+    assert not any(copy_of in v for v in found), found
+    state["jobs"][0]["status"] = "success"  # the run it waited for did not fail
+    found = soak.violations(soak.verify(snapshot, state, plan))
+    assert any(copy_of in v for v in found), found
+
+
+def test_paid_again_after_a_superseded_run_the_app_could_not_learn_of_is_known():
+    """Seen at 1,000 images: the superseded payer's result was stored as a new file and its
+    callback lost (a documented limit: nothing tells the app where it is), so the identical
+    image waiting on it was sent on its own after the deadline."""
+    snapshot, state, plan = good_run()
+    _paid_twice(snapshot, state, plan)
+    snapshot["jobs"][0].update(status="superseded", error_code="no_result", superseded_by_id=3)
+    state["jobs"][0]["resultFileId"] = "f9"
+    state["callbacks"][0]["deliveries"] = 0
+    paid = next(c for c in soak.verify(snapshot, state, plan) if c.key == "paid_once")
+    assert paid.ok and paid.known and "could not learn of" in paid.known[0]
+    state["callbacks"][0]["deliveries"] = 1  # its callback came: sharing was possible
+    paid = next(c for c in soak.verify(snapshot, state, plan) if c.key == "paid_once")
+    assert not paid.ok and any("finding 2" in v for v in paid.violations)
+
+
 def test_a_run_paid_again_after_a_superseded_payer_is_a_violation():
     """Finding 2 (fixed; its test is in tests/test_soak_findings.py): a second paid run of an
     image whose first payer was superseded is reported as a violation."""

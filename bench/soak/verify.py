@@ -235,7 +235,15 @@ def check_outcomes(snapshot, state, index: Index) -> Check:
         elif job["status"] == "failed":
             if job["duplicate_of_id"]:
                 source = index.jobs.get(job["duplicate_of_id"])
-                if source is None or source["status"] != "failed":
+                source_run = index.emulator_job(source) if source and source["file_id"] else None
+                kept_failure = (
+                    source is not None
+                    and source["status"] in ("superseded", "cancelled")
+                    and source["error_code"] == "removal_failed"
+                    and source_run is not None
+                    and source_run["status"] == "failed"
+                )  # the run it waited for failed at ImageKit: the same image fails the same way
+                if source is None or (source["status"] != "failed" and not kept_failure):
                     c.violations.append(
                         f"{label} failed as a copy of job #{job['duplicate_of_id']}, which did "
                         f"not fail (it is {source['status'] if source else 'gone'})"
@@ -436,9 +444,10 @@ def check_paid_once(snapshot, state, index: Index) -> Check:
             or _job_named(index.files.get(run["fileId"], {}).get("requestedName", ""), index)
             for run in runs
         ]
-        verdict = _paid_again(owners)
+        verdict = _paid_again(owners, index)
         extra_forced += verdict["forced"]
         after_failure += verdict["after_failure"]
+        c.known.extend(verdict["known"])
         if not verdict["unexplained"] and not verdict["findings"]:
             continue
         story = ", ".join(
@@ -463,15 +472,24 @@ def check_paid_once(snapshot, state, index: Index) -> Check:
     return c
 
 
-def _paid_again(owners: list[dict | None]) -> dict[str, Any]:
+def _paid_again(owners: list[dict | None], index: Index | None = None) -> dict[str, Any]:
     """Account for every paid run of one (image, options) after the first.
 
     - a job that paid more than once: finding 1;
     - a later job with ``force``: allowed;
     - a later job after every earlier payer failed at ImageKit: a new attempt, allowed;
-    - a later job after every earlier payer was superseded, cancelled or failed: finding 2;
+    - a later job after every earlier payer was superseded, cancelled or failed, where a
+      superseded or cancelled payer's run never reached the app for a documented reason (its
+      result stored as a new file, or its failure, and the callback lost): known;
+    - otherwise after every earlier payer was superseded, cancelled or failed: finding 2;
     - anything else: unexplained (a violation)."""
-    out: dict[str, Any] = {"forced": 0, "after_failure": 0, "unexplained": 0, "findings": []}
+    out: dict[str, Any] = {
+        "forced": 0,
+        "after_failure": 0,
+        "unexplained": 0,
+        "findings": [],
+        "known": [],
+    }
     if any(o is None for o in owners):
         out["unexplained"] = len(owners) - 1
         return out
@@ -488,7 +506,20 @@ def _paid_again(owners: list[dict | None]) -> dict[str, Any]:
         elif all(p["status"] == "failed" for p in earlier):
             out["after_failure"] += 1
         elif all(p["status"] in ("superseded", "cancelled", "failed") for p in earlier):
-            if "finding 2" not in out["findings"]:
+            unknowable = [
+                why
+                for p in earlier
+                if index is not None
+                and p["status"] in ("superseded", "cancelled")
+                and p["error_code"] == "no_result"
+                and (why := _documented_no_result(p, index))
+            ]
+            if unknowable:
+                out["known"].append(
+                    f"job #{payer['id']} paid again after superseded job #{earlier[-1]['id']}'s "
+                    f"run, which the app could not learn of: {unknowable[0]}"
+                )
+            elif "finding 2" not in out["findings"]:
                 out["findings"].append("finding 2")
         else:
             out["unexplained"] += 1
@@ -589,6 +620,7 @@ def check_twins(snapshot, plan) -> list[str]:
     """A product saved with the image of one that had succeeded shares that result."""
     violations = []
     by_product: dict[str, list[dict]] = defaultdict(list)
+    jobs = {job["id"]: job for job in snapshot["jobs"]}
     for job in snapshot["jobs"]:
         by_product[job["object_id"]].append(job)
     for twin in plan.get("identical", []):
@@ -596,6 +628,17 @@ def check_twins(snapshot, plan) -> list[str]:
             continue
         own = by_product.get(str(twin["product"]), [])
         first = min(own, key=lambda j: j["id"]) if own else None
+        original = jobs.get(twin.get("original_job"))
+        if first is not None and (
+            not first["file_id"]  # never sent (superseded before it was)
+            # The original's result was made with other options (an API request): another
+            # result, which the twin pays for.
+            or (
+                original is not None
+                and first.get("requested_options") != original.get("requested_options")
+            )
+        ):
+            continue
         if first is None or first["duplicate_of_id"] is None:
             violations.append(
                 f"product {twin['product']} has the image of product "
