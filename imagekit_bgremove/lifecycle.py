@@ -260,6 +260,7 @@ def settle_waiter(job_id: int) -> bool:
             JobStatus.QUEUED,
             duplicate_of=None,
             next_attempt_at=None,
+            restarted_at=timezone.now(),  # a new start: its deadline counts from now
         ):
             queueing.enqueue_on_commit(queueing.SUBMIT, job.pk)
             return True

@@ -271,6 +271,9 @@ class RemovalJob(models.Model):
     requeued_at = models.DateTimeField(null=True, blank=True)
     # When ImageKit was last asked about this job (so checks and reconcile do not ask twice).
     checked_at = models.DateTimeField(null=True, blank=True)
+    # When the job started over: a job that waited on an identical job's run, which never came,
+    # and is then sent on its own. Its deadline counts from here, not from its creation.
+    restarted_at = models.DateTimeField(null=True, blank=True)
     duplicate_of = models.ForeignKey(
         "self",
         null=True,

@@ -219,3 +219,36 @@ def test_reconcile_does_not_ask_again_about_a_job_it_just_checked(emulator, dumm
     # cron's next run, a few minutes on (the job's own next check is due later still)
     services.reconcile(now=first + timedelta(minutes=5))
     assert _detail_requests(emulator) == asked
+
+
+# ------------------------------------------------------------------------------------ finding 5
+
+
+def test_a_job_sent_on_its_own_after_waiting_in_vain_gets_its_own_time(dummy_tasks):
+    """Seen at 1,000 images: job #371 waited on an identical job's run that never came; at that
+    run's deadline it was released to be sent on its own, and reconcile failed it at once
+    ("no_result ... still waiting to be sent"), its deadline counted from its creation."""
+    deadline = timedelta(seconds=float(app_settings.PENDING_DEADLINE_SECONDS))
+    long_ago = timezone.now() - deadline - timedelta(seconds=10)
+    twin, original_product = (
+        Product.objects.create(photo=ContentFile(image_bytes(seed=51 + n), name=f"t{n}.png"))
+        for n in range(2)
+    )
+    original = jobs_of(original_product).get()
+    RemovalJob.objects.filter(pk=original.pk).update(
+        status=JobStatus.SUPERSEDED, file_id="file_gone", error_code="no_result"
+    )
+    waiter = jobs_of(twin).get()
+    RemovalJob.objects.filter(pk=waiter.pk).update(
+        status=JobStatus.WAITING, duplicate_of=original, created_at=long_ago
+    )
+    from imagekit_bgremove import lifecycle
+
+    assert lifecycle.settle_waiter(waiter.pk)  # the run it waited for is gone: sent on its own
+    services.reconcile()
+    waiter.refresh_from_db()
+    assert waiter.status == JobStatus.QUEUED and waiter.error_code == "", waiter.error_message
+    # Its own deadline still applies, from the restart.
+    services.reconcile(now=timezone.now() + deadline + timedelta(seconds=1))
+    waiter.refresh_from_db()
+    assert (waiter.status, waiter.error_code) == (JobStatus.FAILED, "no_result")

@@ -218,7 +218,11 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
     # Past the deadline, whatever the state: failed, with the state named.
     overdue = jobs.filter(
         Q(status=JobStatus.PENDING, submitted_at__lt=deadline)
-        | Q(status__in=[s for s in UNFINISHED if s != JobStatus.PENDING], created_at__lt=deadline)
+        | Q(
+            Q(restarted_at__isnull=True) | Q(restarted_at__lt=deadline),
+            status__in=[s for s in UNFINISHED if s != JobStatus.PENDING],
+            created_at__lt=deadline,
+        )
     ).values_list("pk", "status")
     for job_id, status in list(overdue):
         summary["overdue"] += _fail_overdue(job_id, status)
