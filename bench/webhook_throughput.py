@@ -52,11 +52,14 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for imagekit_bgremove.signatures when run from a checkout
+sys.path.insert(0, str(ROOT / "bench"))
+from _postgres import free_port, recreate_database  # noqa: E402
+
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/ikbg_bench"
 SECRET = "whsec_bench_secret_for_loopback_only"
 
@@ -102,25 +105,6 @@ urlpatterns = [path("bench/baseline/", baseline), *example_urlpatterns]
 
 def log(message: str) -> None:
     print(message, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def recreate_database(url: str) -> None:
-    import psycopg
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    if not name.replace("_", "").isalnum():
-        raise SystemExit(f"refusing odd database name {name!r}")
-    admin_url = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def run_manage(env: dict[str, str], *args: str) -> None:
