@@ -232,7 +232,8 @@ class ImageKitWebhookView(APIView):
             outcome = services.apply_parsed_callback(job_id, callback, signed=signed, then=record)
         except Exception as exc:
             logger.exception("webhook delivery for job %s failed", job_id)
-            delivery.pk = None
+            # A fresh row: the rolled-back INSERT may have given this one a pk and an outcome.
+            delivery.pk, delivery.outcome = None, ""
             delivery.verdict, delivery.status_code = DeliveryVerdict.ERROR, 500
             delivery.error = f"{type(exc).__name__}: {exc}"[:5000]
             try:

@@ -91,7 +91,7 @@ def test_a_failed_background_enqueue_is_recorded_and_reconciled(emulator, backgr
 
 def test_the_enqueue_thread_keeps_its_connection_while_busy(emulator, background):
     # Closing it after every task, as a request does under CONN_MAX_AGE=0, opened a new
-    # database connection per save (on PostgreSQL that cost more than the save itself).
+    # database connection per save.
     RecordingBackend.uses_database = True
     opened: list[str] = []
 

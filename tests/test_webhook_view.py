@@ -377,6 +377,26 @@ def test_a_failure_after_the_job_moved_undoes_it_and_the_retry_applies(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_delivery_that_cannot_be_recorded_undoes_the_callback(client, monkeypatch, dummy_tasks):
+    job = make_job()
+    save = WebhookDelivery.save
+
+    def failing_once(delivery, *args, **kwargs):
+        if delivery.verdict == "accepted":
+            raise RuntimeError("disk full")
+        return save(delivery, *args, **kwargs)
+
+    monkeypatch.setattr(WebhookDelivery, "save", failing_once)
+    assert post(client, url_for(job), success()).status_code == 500
+    job.refresh_from_db()
+    assert job.status == JobStatus.PENDING  # not applied without its record: ImageKit retries
+    [delivery] = WebhookDelivery.objects.all()
+    # The error row says what happened, not the verdict that was rolled back.
+    assert (delivery.verdict, delivery.status_code, delivery.outcome) == ("error", 500, "")
+    assert "disk full" in delivery.error and delivery.job_id == job.pk
+
+
+@pytest.mark.django_db(transaction=True)
 def test_atomic_requests_delivery_survives_failed_processing(client, monkeypatch):
     monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
     job = make_job()

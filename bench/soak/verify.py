@@ -472,7 +472,7 @@ def check_paid_once(snapshot, state, index: Index) -> Check:
     return c
 
 
-def _paid_again(owners: list[dict | None], index: Index | None = None) -> dict[str, Any]:
+def _paid_again(owners: list[dict | None], index: Index) -> dict[str, Any]:
     """Account for every paid run of one (image, options) after the first.
 
     - a job that paid more than once: finding 1;
@@ -507,17 +507,17 @@ def _paid_again(owners: list[dict | None], index: Index | None = None) -> dict[s
             out["after_failure"] += 1
         elif all(p["status"] in ("superseded", "cancelled", "failed") for p in earlier):
             unknowable = [
-                why
+                (p, why)
                 for p in earlier
-                if index is not None
-                and p["status"] in ("superseded", "cancelled")
+                if p["status"] in ("superseded", "cancelled")
                 and p["error_code"] == "no_result"
                 and (why := _documented_no_result(p, index))
             ]
             if unknowable:
+                gone, why = unknowable[0]
                 out["known"].append(
-                    f"job #{payer['id']} paid again after superseded job #{earlier[-1]['id']}'s "
-                    f"run, which the app could not learn of: {unknowable[0]}"
+                    f"job #{payer['id']} paid again after {gone['status']} job #{gone['id']}'s "
+                    f"run, which the app could not learn of: {why}"
                 )
             elif "finding 2" not in out["findings"]:
                 out["findings"].append("finding 2")

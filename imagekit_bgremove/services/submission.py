@@ -339,19 +339,20 @@ def _record_submission(
         )
         if moved and status != "success":
             schedule_check(job.pk, now, now)
-    if moved:
-        if status == "success":
-            # Done before the answer: no callback will come; settle from the file's details.
-            job.refresh_from_db()
-            result = remote.find_result(job)
-            if result is not None:
-                results.apply_result(job.pk, result, source="upload answer")
-                return "received"
-            schedule_check(job.pk, now, now)
-        return "pending"
-    # A callback settled the job while we were submitting: only record what ImageKit told us.
-    RemovalJob.objects.filter(pk=job.pk, file_id="").update(file_id=file_fields["file_id"])
-    RemovalJob.objects.filter(pk=job.pk, source_version_id="").update(
-        source_version_id=file_fields["source_version_id"], submitted_at=now
-    )
-    return "recorded"
+    if not moved:
+        # A callback settled the job while we were submitting: only record what ImageKit said.
+        RemovalJob.objects.filter(pk=job.pk, file_id="").update(file_id=file_fields["file_id"])
+        RemovalJob.objects.filter(pk=job.pk, source_version_id="").update(
+            source_version_id=file_fields["source_version_id"], submitted_at=now
+        )
+        return "recorded"
+    if status == "success":
+        # Done before the answer: no callback will come; settle from the file's details, or
+        # (not there yet) from the check.
+        job.refresh_from_db()
+        result = remote.find_result(job)
+        if result is not None:
+            results.apply_result(job.pk, result, source="upload answer")
+            return "received"
+        schedule_check(job.pk, now, now)
+    return "pending"
