@@ -24,12 +24,12 @@ from typing import Any
 
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
-from django.db import models
+from django.db import connections, models
 from django.db.models.fields.files import FieldFile, ImageFieldFile, ImageFileDescriptor
-from django.db.models.signals import class_prepared, post_init, post_save
+from django.db.models.signals import class_prepared, post_init, post_save, pre_save
 
 from . import services
-from .models import JobStatus, Trigger
+from .models import JobStatus, NextJobId, Trigger, next_job_id
 from .options import OptionsError, RemoveBgOptions
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,17 @@ def _changed_key(attname: str) -> str:
 
 def _options_key(attname: str) -> str:
     return f"_ikbg_options_{attname}"
+
+
+def _drawn_key(attname: str) -> str:
+    """Set while a save's INSERT draws the new job's id for the pointer (``next_job_id``)."""
+    return f"_ikbg_drawn_{attname}"
+
+
+#: Set by the pre_save signal, which only ``save()`` sends (``bulk_create`` does not, and no
+#: job is ever requested for its rows), when the save runs in the caller's transaction: the
+#: database alias it writes to.
+_SAVING_KEY = "_ikbg_saving_using"
 
 
 class BackgroundRemovalFieldFile(ImageFieldFile):
@@ -315,7 +326,27 @@ class BackgroundRemovalImageField(models.ImageField):
             else:
                 changed = before != name
         model_instance.__dict__[_changed_key(self.attname)] = changed
+        if add and changed:
+            self._draw_job_id(model_instance)
         return value
+
+    def _draw_job_id(self, instance: models.Model) -> None:
+        """When this INSERT will certainly be followed by the job's (a ``save()`` in a
+        transaction, with the default trigger), let it write the pointer to the job's id, drawn
+        from the job sequence, instead of updating the new row a second time after the job is
+        written. Outside the caller's transaction the object's row would commit before its job
+        exists (the pointer is a deferred foreign key: the commit would fail)."""
+        pointer = self.model._meta.get_field(self.removal_field_name)
+        if isinstance(instance.__dict__.get(pointer.attname), NextJobId):
+            return  # Django calls pre_save twice on an insert; the first call drew it
+        using = instance.__dict__.get(_SAVING_KEY)
+        if using is None or self.remove_bg_trigger != TRIGGER_CHANGED:
+            return
+        expression = next_job_id(connections[using])
+        if expression is None:
+            return
+        setattr(instance, pointer.attname, expression)
+        instance.__dict__[_drawn_key(self.attname)] = True
 
     def trigger_allows(self, instance: models.Model) -> bool:
         trigger = self.remove_bg_trigger
@@ -337,6 +368,15 @@ def _after_init(sender: type, instance: models.Model, **kwargs: Any) -> None:
         instance.__dict__[_snapshot_key(field.attname)] = field._stored_name(instance)
 
 
+def _before_save(
+    sender: type, instance: models.Model, raw: bool, using: str | None = None, **kwargs: Any
+) -> None:
+    # Only in the caller's transaction: the one save() opens for a multi-table child commits
+    # before post_save, that is before the job is written.
+    if not raw and connections[using].in_atomic_block:
+        instance.__dict__[_SAVING_KEY] = using
+
+
 def _after_save(
     sender: type,
     instance: models.Model,
@@ -346,8 +386,10 @@ def _after_save(
     using: str | None = None,
     **kwargs: Any,
 ) -> None:
+    instance.__dict__.pop(_SAVING_KEY, None)
     for field in sender._ikbg_fields:  # type: ignore[attr-defined]
         changed = instance.__dict__.pop(_changed_key(field.attname), False)
+        drawn = instance.__dict__.pop(_drawn_key(field.attname), False)
         instance.__dict__[_snapshot_key(field.attname)] = field._stored_name(instance)
         if raw or not changed:
             continue
@@ -356,7 +398,8 @@ def _after_save(
         if not field.trigger_allows(instance):
             continue
         # In the save's transaction: if the job cannot be recorded, the save fails with it.
-        services.request_on_save(instance, field, created=created, using=using)
+        job_id = getattr(instance, f"{field.removal_field_name}_id") if drawn else None
+        services.request_on_save(instance, field, created=created, using=using, job_id=job_id)
 
 
 def _connect(sender: type[models.Model], **kwargs: Any) -> None:
@@ -369,6 +412,7 @@ def _connect(sender: type[models.Model], **kwargs: Any) -> None:
     sender._ikbg_fields = fields  # type: ignore[attr-defined]
     uid = f"ikbg_{sender.__module__}.{sender.__qualname__}"
     post_init.connect(_after_init, sender=sender, dispatch_uid=f"{uid}_init")
+    pre_save.connect(_before_save, sender=sender, dispatch_uid=f"{uid}_pre_save")
     post_save.connect(_after_save, sender=sender, dispatch_uid=f"{uid}_save")
 
 

@@ -7,9 +7,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import django
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.db import connections, models, router
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from .options import RemoveBgOptions
@@ -90,7 +92,7 @@ class RemovalJobQuerySet(models.QuerySet):
         signals are sent for the job (they are not part of this app's API)."""
         alias = self._db or router.db_for_write(self.model)
         connection = connections[alias]
-        sql, fields = _insert_statement(connection, self.model)
+        sql, fields = _insert_statement(connection, self.model, with_pk=job.pk is not None)
         params = [f.get_db_prep_save(f.pre_save(job, True), connection) for f in fields]
         with hot_cursor(connection) as cursor:
             cursor.execute(sql, params)
@@ -131,7 +133,26 @@ class RemovalJobQuerySet(models.QuerySet):
         return bool(qs.update(status=target, **changes))
 
 
-_INSERTS: dict[tuple[str, str], tuple[str, list[models.Field]]] = {}
+_INSERTS: dict[tuple[str, str, bool], tuple[str, list[models.Field]]] = {}
+
+
+def next_job_id(connection: Any) -> models.Expression | None:
+    """An expression drawing the next RemovalJob id from its sequence, for a save to write the
+    ``<field>_removal`` pointer in the object's own INSERT (so the new object needs no second
+    write), or None where ids cannot be drawn ahead: only PostgreSQL has a sequence to draw
+    from, and only Django 6 reads back a value an INSERT computed."""
+    if connection.vendor != "postgresql" or django.VERSION < (6, 0):
+        return None
+    opts = RemovalJob._meta
+    return NextJobId(
+        "nextval(pg_get_serial_sequence(%s, %s))",
+        [connection.ops.quote_name(opts.db_table), opts.pk.column],
+        output_field=models.BigIntegerField(),
+    )
+
+
+class NextJobId(RawSQL):
+    """``next_job_id``'s expression (a class of its own, so a second ``pre_save`` recognises it)."""
 
 
 @contextmanager
@@ -171,11 +192,13 @@ except ImportError:  # psycopg2, or no PostgreSQL driver at all
     _PSYCOPG3 = False
 
 
-def _insert_statement(connection: Any, model: type[models.Model]) -> tuple[str, list[Any]]:
-    key = (connection.alias, model._meta.label)
+def _insert_statement(
+    connection: Any, model: type[models.Model], *, with_pk: bool = False
+) -> tuple[str, list[Any]]:
+    key = (connection.alias, model._meta.label, with_pk)
     if key not in _INSERTS:
         quote = connection.ops.quote_name
-        fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+        fields = [f for f in model._meta.concrete_fields if with_pk or not f.primary_key]
         sql = (
             f"INSERT INTO {quote(model._meta.db_table)} "  # noqa: S608 - our own names, quoted
             f"({', '.join(quote(f.column) for f in fields)}) "

@@ -404,9 +404,11 @@ class Driver:
             took_effect=lambda: Product.objects.filter(name=name).exists(),
         )
         pid = Product.objects.get(name=name).pk
+        # Noted before the product is offered to the other actions: a re-save picking it up in
+        # between would make this image's file look like nobody's.
+        self._record(pid)
         with self.lock:
             self.plan.products.append(pid)
-        self._record(pid)
 
     def _api(self, pid: int, options: dict[str, Any], force: bool) -> None:
         from imagekit_bgremove.models import RemovalJob

@@ -147,8 +147,10 @@ def _create(
     is_new_object: bool,
     only_if_idle: bool = False,
     using: str | None = None,
+    job_id: int | None = None,
 ) -> RemovalJob:
-    """Write the job in the current transaction (the caller's, or a new one in autocommit)."""
+    """Write the job in the current transaction (the caller's, or a new one in autocommit).
+    ``job_id``: the id the object's INSERT already drew and points at (``next_job_id``)."""
     content_type = owner_content_type(type(instance), field.name)
     object_id = str(instance.pk)
     model = type(instance)
@@ -189,6 +191,7 @@ def _create(
                 RemovalJob(content_type=content_type, object_id=object_id, field_name=field.name)
             )
         job = RemovalJob(
+            id=job_id,
             content_type=content_type,
             object_id=object_id,
             field_name=field.name,
@@ -210,7 +213,8 @@ def _create(
             RemovalJob.objects.filter(pk__in=older, superseded_by__isnull=True).update(
                 superseded_by=job
             )
-        lifecycle.point_latest_at(model, instance.pk, field.name, job.pk, using=using)
+        if job_id is None:
+            lifecycle.point_latest_at(model, instance.pk, field.name, job.pk, using=using)
         setattr(instance, removal_pointer, job)
         if failure is None:
             enqueue_submit_on_commit(job.pk, using=using)
@@ -257,10 +261,16 @@ def request_removal(
 
 
 def request_on_save(
-    instance: models.Model, field: Any, *, created: bool, using: str | None
+    instance: models.Model,
+    field: Any,
+    *,
+    created: bool,
+    using: str | None,
+    job_id: int | None = None,
 ) -> RemovalJob:
     """The save hook's request: inside the save's transaction (or right after the row was written
-    in autocommit), never raising for bad options: those leave a failed job that says why."""
+    in autocommit), never raising for bad options: those leave a failed job that says why.
+    ``job_id``: the id the new object's INSERT drew for its pointer, which the job must take."""
     options = error = None
     try:
         options = field_options(field)
@@ -280,6 +290,7 @@ def request_on_save(
         retry_of=None,
         is_new_object=created,
         using=using,
+        job_id=job_id,
     )
 
 
