@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -90,19 +90,36 @@ class RemovalJobQuerySet(models.QuerySet):
         The save path's hot spot: the ORM's own insert compiles every one of the job's columns
         on each call, which was most of what the field added to a save. No pre_save/post_save
         signals are sent for the job (they are not part of this app's API)."""
-        alias = self._db or router.db_for_write(self.model)
+        return insert_row(job, using=self._db)
+
+    def peek(self, pk: int, field_names: tuple[str, ...]) -> RemovalJob | None:
+        """Job ``pk`` with only ``field_names`` loaded, read with one statement built once per
+        database, plus ``has_waiters``: whether jobs are waiting on it (``duplicate_of``).
+        The webhook's read for every delivery, repeats included, where the ORM's compilation
+        of the query cost more than the query."""
+        alias = self._db or router.db_for_read(self.model)
         connection = connections[alias]
-        sql, fields = _insert_statement(connection, self.model, with_pk=job.pk is not None)
-        params = [f.get_db_prep_save(f.pre_save(job, True), connection) for f in fields]
+        key = (alias, field_names)
+        if key not in _PEEKS:
+            quote = connection.ops.quote_name
+            opts = self.model._meta
+            table = quote(opts.db_table)
+            columns = ", ".join(f"j.{quote(opts.get_field(n).column)}" for n in field_names)
+            duplicate_of = quote(opts.get_field("duplicate_of").column)
+            _PEEKS[key] = (
+                f"SELECT j.{quote(opts.pk.column)}, {columns}, EXISTS ("  # noqa: S608
+                f"SELECT 1 FROM {table} w WHERE w.{duplicate_of} = j.{quote(opts.pk.column)} "
+                f"AND w.{quote(opts.get_field('status').column)} = %s) FROM {table} j "
+                f"WHERE j.{quote(opts.pk.column)} = %s"
+            )
         with hot_cursor(connection) as cursor:
-            cursor.execute(sql, params)
-            if connection.features.can_return_columns_from_insert:
-                job.pk = cursor.fetchone()[0]
-            else:
-                opts = self.model._meta
-                job.pk = connection.ops.last_insert_id(cursor, opts.db_table, opts.pk.column)
-        job._state.adding = False
-        job._state.db = alias
+            cursor.execute(_PEEKS[key], [JobStatus.WAITING.value, pk])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        # Text columns only (``field_names`` are CharFields): no converter to apply.
+        job = self.model.from_db(alias, ("id", *field_names), list(row[:-1]))
+        job.has_waiters = bool(row[-1])
         return job
 
     def transition(
@@ -112,6 +129,7 @@ class RemovalJobQuerySet(models.QuerySet):
         target: str,
         *,
         lease: int | None = None,
+        expect: Mapping[str, Any] | None = None,
         **changes: Any,
     ) -> bool:
         """Move job ``pk`` from one of ``sources`` to ``target`` in one UPDATE.
@@ -120,7 +138,9 @@ class RemovalJobQuerySet(models.QuerySet):
         same move, exactly one sees a row count of 1. With ``lease``, only the holder of that
         token may move the job: a worker that reconcile replaced (its lease expired) loses even
         when the status still matches. Every move hands out a new token, so whoever held the old
-        one can no longer move the job. Returns whether this caller won."""
+        one can no longer move the job. With ``expect`` ({field: value}), only while those
+        fields still hold those values: a decision made from an unlocked read is applied only if
+        what it was made from is unchanged. Returns whether this caller won."""
         changes.setdefault("updated_at", timezone.now())
         changes.setdefault("lease_token", 0)
         if "lease_expires_at" not in changes and not changes["lease_token"]:
@@ -130,10 +150,13 @@ class RemovalJobQuerySet(models.QuerySet):
         qs = self.filter(pk=pk, status__in=list(sources))
         if lease is not None:
             qs = qs.filter(lease_token=lease)
+        if expect:
+            qs = qs.filter(**expect)
         return bool(qs.update(status=target, **changes))
 
 
 _INSERTS: dict[tuple[str, str, bool], tuple[str, list[models.Field]]] = {}
+_PEEKS: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
 def next_job_id(connection: Any) -> models.Expression | None:
@@ -192,6 +215,28 @@ except ImportError:  # psycopg2, or no PostgreSQL driver at all
     _PSYCOPG3 = False
 
 
+def insert_row(obj: models.Model, *, using: str | None = None) -> models.Model:
+    """INSERT ``obj`` (one of this app's rows) with a statement built once per model and
+    database; the hot paths' replacement for ``save(force_insert=True)``, whose compilation cost
+    more than the statement. No signals are sent."""
+    model = type(obj)
+    alias = using or router.db_for_write(model)
+    connection = connections[alias]
+    sql, fields = _insert_statement(connection, model, with_pk=obj.pk is not None)
+    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    with hot_cursor(connection) as cursor:
+        cursor.execute(sql, params)
+        if obj.pk is None:
+            if connection.features.can_return_columns_from_insert:
+                obj.pk = cursor.fetchone()[0]
+            else:
+                opts = model._meta
+                obj.pk = connection.ops.last_insert_id(cursor, opts.db_table, opts.pk.column)
+    obj._state.adding = False
+    obj._state.db = alias
+    return obj
+
+
 def _insert_statement(
     connection: Any, model: type[models.Model], *, with_pk: bool = False
 ) -> tuple[str, list[Any]]:
@@ -204,7 +249,7 @@ def _insert_statement(
             f"({', '.join(quote(f.column) for f in fields)}) "
             f"VALUES ({', '.join(['%s'] * len(fields))})"
         )
-        if connection.features.can_return_columns_from_insert:
+        if connection.features.can_return_columns_from_insert and not with_pk:
             sql += f" RETURNING {quote(model._meta.pk.column)}"
         _INSERTS[key] = (sql, fields)
     return _INSERTS[key]

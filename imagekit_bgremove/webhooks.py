@@ -50,7 +50,7 @@ from rest_framework.views import APIView
 
 from . import services, signatures, tokens
 from .conf import app_settings
-from .models import DeliveryVerdict, RemovalJob, WebhookCount, WebhookDelivery
+from .models import DeliveryVerdict, RemovalJob, WebhookCount, WebhookDelivery, insert_row
 
 logger = logging.getLogger(__name__)
 
@@ -185,11 +185,14 @@ class ImageKitWebhookView(APIView):
             return self._refuse(django_request, 400, "malformed", str(exc))
 
         # ImageKit repeats callbacks (it retries for 24 h): a repeat of a result that is already
-        # recorded is answered from one read and counted, not stored.
+        # recorded is answered from one read and counted, not stored. A first SUCCESS is
+        # applied from the same read (see services.results).
         try:
-            known = services.recorded_result_version(job_id, callback)
+            seen = services.read_for_callback(job_id, callback)
         except Exception:
-            known = None  # database trouble: the full path below deals with it and records it
+            # Database trouble: the full path below deals with it and records it.
+            seen = services.CallbackRead(None)
+        known = seen.duplicate_version
         if known is not None:
             _count(django_request, "duplicate")
             return _reply(
@@ -211,10 +214,16 @@ class ImageKitWebhookView(APIView):
             delivery.signature_scheme = verified.scheme
         elif signatures.has_signature(django_request.headers):
             delivery.signature_scheme = "unchecked"  # signed, but no secret configured to check
-        return self._process(delivery, job_id, callback, signed=verified is not None)
+        return self._process(delivery, job_id, callback, signed=verified is not None, seen=seen.job)
 
     def _process(
-        self, delivery: WebhookDelivery, job_id: int, callback: Any, *, signed: bool
+        self,
+        delivery: WebhookDelivery,
+        job_id: int,
+        callback: Any,
+        *,
+        signed: bool,
+        seen: RemovalJob | None = None,
     ) -> JsonResponse:
         """Apply the callback and record the delivery with its verdict in one transaction: one
         commit per callback. If anything fails, that transaction is rolled back as a whole and
@@ -225,11 +234,13 @@ class ImageKitWebhookView(APIView):
             delivery.verdict, delivery.status_code = str(outcome.verdict), 200
             delivery.outcome = outcome.message
             delivery.job_id = outcome.job.pk if outcome.job else None
-            delivery.save(force_insert=True)
+            insert_row(delivery)
 
         try:
-            # The job row is locked while the callback is applied.
-            outcome = services.apply_parsed_callback(job_id, callback, signed=signed, then=record)
+            # One transaction: the job moved (guarded by what was read, or locked) and recorded.
+            outcome = services.apply_parsed_callback(
+                job_id, callback, signed=signed, then=record, seen=seen
+            )
         except Exception as exc:
             logger.exception("webhook delivery for job %s failed", job_id)
             # A fresh row: the rolled-back INSERT may have given this one a pk and an outcome.

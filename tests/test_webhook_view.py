@@ -338,7 +338,7 @@ def test_login_required_middleware_lets_it_through(client, settings):
 def test_unexpected_error_is_500_and_recorded(client, monkeypatch):
     job = make_job()
 
-    def broken(job_id, callback, signed, then):
+    def broken(job_id, callback, signed, then, **ignored):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(services, "apply_parsed_callback", broken)
@@ -353,19 +353,19 @@ def test_unexpected_error_is_500_and_recorded(client, monkeypatch):
 def test_a_failure_after_the_job_moved_undoes_it_and_the_retry_applies(
     client, monkeypatch, dummy_tasks
 ):
-    from imagekit_bgremove import lifecycle
+    from imagekit_bgremove import queueing
 
     job = make_job()
-    settle = lifecycle.settle_waiters
+    enqueue = queueing.enqueue_on_commit
 
-    def failing(job_id):
+    def failing(*args, **kwargs):
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(lifecycle, "settle_waiters", failing)
+    monkeypatch.setattr(queueing, "enqueue_on_commit", failing)
     assert post(client, url_for(job), success()).status_code == 500
     job.refresh_from_db()
     assert (job.status, job.result_url) == (JobStatus.PENDING, "")  # nothing half-applied
-    monkeypatch.setattr(lifecycle, "settle_waiters", settle)
+    monkeypatch.setattr(queueing, "enqueue_on_commit", enqueue)
     again = post(client, url_for(job), success())  # ImageKit delivers it again
     assert (again.status_code, again.json()["verdict"]) == (200, "accepted")
     job.refresh_from_db()
@@ -378,15 +378,17 @@ def test_a_failure_after_the_job_moved_undoes_it_and_the_retry_applies(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_delivery_that_cannot_be_recorded_undoes_the_callback(client, monkeypatch, dummy_tasks):
+    from imagekit_bgremove import webhooks
+
     job = make_job()
-    save = WebhookDelivery.save
+    insert = webhooks.insert_row
 
     def failing_once(delivery, *args, **kwargs):
         if delivery.verdict == "accepted":
             raise RuntimeError("disk full")
-        return save(delivery, *args, **kwargs)
+        return insert(delivery, *args, **kwargs)
 
-    monkeypatch.setattr(WebhookDelivery, "save", failing_once)
+    monkeypatch.setattr(webhooks, "insert_row", failing_once)
     assert post(client, url_for(job), success()).status_code == 500
     job.refresh_from_db()
     assert job.status == JobStatus.PENDING  # not applied without its record: ImageKit retries
@@ -402,7 +404,7 @@ def test_atomic_requests_delivery_survives_failed_processing(client, monkeypatch
     job = make_job()
     seen = {}
 
-    def failing(job_id, callback, signed, then):
+    def failing(job_id, callback, signed, then, **ignored):
         # The view runs outside ATOMIC_REQUESTS: its failure cannot take the record with it.
         seen["autocommit"] = connection.get_autocommit() and not connection.in_atomic_block
         with connection.cursor() as cursor:  # a real database error (aborts a PG transaction)

@@ -36,8 +36,10 @@ from .request import (
 )
 from .results import (
     CallbackOutcome,
+    CallbackRead,
     apply_callback,
     apply_parsed_callback,
+    read_for_callback,
     recorded_result_version,
 )
 from .submission import submit
@@ -47,6 +49,7 @@ __all__ = [
     "BudgetExhausted",
     "CallbackError",
     "CallbackOutcome",
+    "CallbackRead",
     "JobInProgress",
     "NotRetryable",
     "OptionsError",
@@ -61,6 +64,7 @@ __all__ = [
     "field_options",
     "finalize",
     "parse_callback",
+    "read_for_callback",
     "reconcile",
     "recorded_result_version",
     "removal_field",

@@ -3,6 +3,11 @@
 Whatever the source, a result moves the job to ``received`` (the copy into storage is the
 finalize task's work) and a failure to ``failed``; repeats change nothing. The job row is locked
 while the decision is made, so a callback and a check arriving together settle the job once.
+
+The webhook's common case, the first SUCCESS for a pending job, is decided from the unlocked read
+that also answers repeats (``read_for_callback``) and applied with one UPDATE guarded by every
+field that decision used (``_GUARDED``): if any of them changed in between, the UPDATE moves
+nothing and the callback takes the locked path like any other.
 """
 
 from __future__ import annotations
@@ -47,13 +52,39 @@ def _same_result(job: RemovalJob, result: RemoteFile) -> bool:
     return job.result_url == result.url
 
 
+#: What a result's acceptance reads of a pending job: the fields ``_same_result`` compares and
+#: the ones it fills in when empty. An unlocked read's decision holds while these are unchanged.
+_GUARDED = ("file_id", "file_path", "result_file_id", "result_version_id", "result_url")
+
+
+@dataclass
+class CallbackRead:
+    """The job as a callback finds it, read without a lock (``read_for_callback``)."""
+
+    job: RemovalJob | None
+    #: The result's version id when the callback repeats a result already recorded.
+    duplicate_version: str | None = None
+
+
+def read_for_callback(job_id: int, callback: Callback) -> CallbackRead:
+    """One read of what deciding a SUCCESS callback needs: whether it repeats a recorded result
+    (ImageKit retries for a day; ``apply_callback`` would answer "duplicate" without changing
+    anything), and otherwise the job as it stands, for ``apply_parsed_callback(seen=...)``."""
+    if not callback.succeeded or callback.result is None:
+        return CallbackRead(None)
+    found = RemovalJob.objects.peek(job_id, ("status", *_GUARDED))
+    if found is None:
+        return CallbackRead(None)
+    if found.status in (JobStatus.RECEIVED, JobStatus.SUCCEEDED) and _same_result(
+        found, callback.result
+    ):
+        return CallbackRead(found, callback.result.version_id or "?")
+    return CallbackRead(found)
+
+
 def recorded_result_version(job_id: int, payload: Any) -> str | None:
     """The result's version id when ``payload`` (a body, or one already parsed) is a SUCCESS
-    callback whose result job
-    ``job_id`` has already recorded, else None.
-
-    A read-only shortcut for repeated callbacks (ImageKit retries for a day): ``apply_callback``
-    would answer "duplicate" for these without changing anything."""
+    callback whose result job ``job_id`` has already recorded, else None."""
     if isinstance(payload, Callback):
         callback = payload
     else:
@@ -61,17 +92,7 @@ def recorded_result_version(job_id: int, payload: Any) -> str | None:
             callback = parse_callback(payload)
         except ValueError:
             return None
-    if not callback.succeeded or callback.result is None:
-        return None
-    job = (
-        RemovalJob.objects.filter(pk=job_id)
-        .order_by()  # one row by primary key: no ORDER BY (which .first() would add)
-        .only("status", "file_id", "result_file_id", "result_version_id", "result_url")[:1]
-    )
-    found = next(iter(job), None)
-    if found is None or found.status not in (JobStatus.RECEIVED, JobStatus.SUCCEEDED):
-        return None
-    return (callback.result.version_id or "?") if _same_result(found, callback.result) else None
+    return read_for_callback(job_id, callback).duplicate_version
 
 
 def apply_callback(job_id: int, payload: Any, *, signed: bool = False) -> CallbackOutcome:
@@ -87,10 +108,13 @@ def apply_parsed_callback(
     *,
     signed: bool,
     then: Callable[[CallbackOutcome], None] | None = None,
+    seen: RemovalJob | None = None,
 ) -> CallbackOutcome:
     """``then``, when given, runs with the outcome inside the same transaction (the webhook
-    records its delivery there: one commit for the whole callback)."""
-    return _apply(job_id, callback, trusted=signed, source="callback", then=then)
+    records its delivery there: one commit for the whole callback). ``seen``: the job as
+    ``read_for_callback`` found it; a SUCCESS for a job that was pending is then applied
+    without locking the row first, if nothing it was decided from has changed."""
+    return _apply(job_id, callback, trusted=signed, source="callback", then=then, seen=seen)
 
 
 def apply_result(job_id: int, result: RemoteFile, *, source: str) -> CallbackOutcome:
@@ -106,9 +130,22 @@ def _apply(
     trusted: bool,
     source: str,
     then: Callable[[CallbackOutcome], None] | None = None,
+    seen: RemovalJob | None = None,
 ) -> CallbackOutcome:
     with transaction.atomic():
-        outcome = _decide(job_id, callback, trusted=trusted, source=source)
+        outcome = None
+        if (
+            seen is not None
+            and seen.pk == job_id
+            and seen.status == JobStatus.PENDING
+            and callback.succeeded
+            and callback.result is not None
+        ):
+            outcome = _accept_result(
+                seen, callback.result, trusted=trusted, source=source, unlocked=True
+            )
+        if outcome is None:
+            outcome = _decide(job_id, callback, trusted=trusted, source=source)
         if then is not None:
             then(outcome)
         return outcome
@@ -167,8 +204,12 @@ def _keep_for_identical(job: RemovalJob, callback: Callback, *, source: str) -> 
 
 
 def _accept_result(
-    job: RemovalJob, result: RemoteFile, *, trusted: bool, source: str
-) -> CallbackOutcome:
+    job: RemovalJob, result: RemoteFile, *, trusted: bool, source: str, unlocked: bool = False
+) -> CallbackOutcome | None:
+    """With ``unlocked``, ``job`` is a pending job read without a lock: the move is guarded by
+    what was read, and None means the job changed since, so the caller must lock and decide."""
+    if unlocked and _same_result(job, result):
+        return None
     if _same_result(job, result):
         return CallbackOutcome(
             "duplicate",
@@ -205,11 +246,20 @@ def _accept_result(
         error_details=None,
         finished_at=None,
     )
-    if not RemovalJob.objects.transition(job.pk, sources, JobStatus.RECEIVED, **changes):
+    if unlocked:
+        expect = {name: getattr(job, name) for name in _GUARDED}
+        if not RemovalJob.objects.transition(
+            job.pk, [JobStatus.PENDING], JobStatus.RECEIVED, expect=expect, **changes
+        ):
+            return None
+    elif not RemovalJob.objects.transition(job.pk, sources, JobStatus.RECEIVED, **changes):
         return CallbackOutcome("ignored", f"Job #{job.pk} is no longer waiting for a result.", job)
     _moved(job, JobStatus.RECEIVED, changes)
     queueing.enqueue_on_commit(queueing.FINALIZE, job.pk)
-    lifecycle.settle_waiters(job.pk)
+    # Jobs waiting on this one get its result now rather than when it is stored. One that
+    # starts waiting after the read is settled then (``lifecycle.succeed`` or ``fail``).
+    if not unlocked or job.has_waiters:
+        lifecycle.settle_waiters(job.pk)
     return CallbackOutcome(
         "accepted",
         f"Result version {result.version_id or '?'} recorded for job #{job.pk} ({source}).",
