@@ -252,6 +252,8 @@ def load(
     elapsed = time.monotonic() - began
     flat = sorted(x for per in latencies for x in per)
     if not flat:
+        if not errors:
+            raise SystemExit("out of pending jobs before the scenario began: raise --first-jobs")
         raise SystemExit(f"no request succeeded; first errors: {errors[:3]}")
     return {
         "requests": len(flat),
@@ -353,7 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="per scenario and round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds; median ratio counts")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
-    parser.add_argument("--first-jobs", type=int, default=8000, help="pending jobs to deliver")
+    parser.add_argument(
+        "--first-jobs",
+        type=int,
+        default=20000,
+        help="pending jobs to deliver (enough for all rounds)",
+    )
     parser.add_argument("--min-first", type=float, default=0.5, help="goal: first delivery")
     parser.add_argument("--min-repeat", type=float, default=0.8, help="goal: repeated delivery")
     parser.add_argument("--max-p99-ms", type=float, default=1000.0)

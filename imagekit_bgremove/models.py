@@ -122,6 +122,57 @@ class RemovalJobQuerySet(models.QuerySet):
         job.has_waiters = bool(row[-1])
         return job
 
+    def _prepared_transition(
+        self,
+        pk: int,
+        sources: list[str],
+        target: str,
+        lease: int | None,
+        expect: Mapping[str, Any],
+        changes: dict[str, Any],
+    ) -> bool | None:
+        """``transition``'s UPDATE as a statement built once per shape (which columns, how many
+        sources): the ORM's compilation of a twenty-column UPDATE cost more than running it,
+        on every move of every job. None when the move does not fit (a filtered queryset, a
+        value that is a model or an expression, an expected NULL): the ORM does it then."""
+        if self.query.where or any(
+            isinstance(v, models.Model) or hasattr(v, "resolve_expression")
+            for v in (*changes.values(), *expect.values())
+        ):
+            return None
+        if any(v is None for v in expect.values()):
+            return None
+        alias = self._db or router.db_for_write(self.model)
+        connection = connections[alias]
+        key = (alias, tuple(changes), len(sources), lease is not None, tuple(expect))
+        if key not in _TRANSITIONS:
+            opts = self.model._meta
+            quote = connection.ops.quote_name
+            set_fields = [opts.get_field(name) for name in changes]
+            where_fields = [opts.get_field(name) for name in expect]
+            status = quote(opts.get_field("status").column)
+            sql = (
+                f"UPDATE {quote(opts.db_table)} SET {status} = %s"  # noqa: S608
+                + "".join(f", {quote(f.column)} = %s" for f in set_fields)
+                + f" WHERE {quote(opts.pk.column)} = %s"
+                + f" AND {status} IN ({', '.join(['%s'] * len(sources))})"
+                + (f" AND {quote(opts.get_field('lease_token').column)} = %s" if key[3] else "")
+                + "".join(f" AND {quote(f.column)} = %s" for f in where_fields)
+            )
+            _TRANSITIONS[key] = (sql, set_fields, where_fields)
+        sql, set_fields, where_fields = _TRANSITIONS[key]
+        params: list[Any] = [target]
+        new_values = zip(set_fields, changes.values(), strict=True)
+        params += [f.get_db_prep_save(v, connection) for f, v in new_values]
+        params += [pk, *sources]
+        if lease is not None:
+            params.append(lease)
+        expected = zip(where_fields, expect.values(), strict=True)
+        params += [f.get_db_prep_value(v, connection) for f, v in expected]
+        with hot_cursor(connection) as cursor:
+            cursor.execute(sql, params)
+            return cursor.rowcount > 0
+
     def transition(
         self,
         pk: int,
@@ -147,7 +198,11 @@ class RemovalJobQuerySet(models.QuerySet):
             changes["lease_expires_at"] = None
         if target in FINISHED:
             changes.setdefault("finished_at", changes["updated_at"])
-        qs = self.filter(pk=pk, status__in=list(sources))
+        sources = list(sources)
+        moved = self._prepared_transition(pk, sources, target, lease, expect or {}, changes)
+        if moved is not None:
+            return moved
+        qs = self.filter(pk=pk, status__in=sources)
         if lease is not None:
             qs = qs.filter(lease_token=lease)
         if expect:
@@ -157,6 +212,7 @@ class RemovalJobQuerySet(models.QuerySet):
 
 _INSERTS: dict[tuple[str, str, bool], tuple[str, list[models.Field]]] = {}
 _PEEKS: dict[tuple[str, tuple[str, ...]], str] = {}
+_TRANSITIONS: dict[tuple[Any, ...], tuple[str, list[Any], list[Any]]] = {}
 
 
 def next_job_id(connection: Any) -> models.Expression | None:

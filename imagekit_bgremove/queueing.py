@@ -200,6 +200,7 @@ def enqueue_on_commit(
     run_after: datetime | None = None,
     on_error: Callable[[BaseException], None] | None = None,
     using: str | None = None,
+    with_transaction: bool = False,
 ) -> None:
     """Enqueue once the current transaction commits (at once outside a transaction); nothing on
     rollback. A crash between the commit and the enqueue leaves the job recorded but not
@@ -208,7 +209,14 @@ def enqueue_on_commit(
     With ``ENQUEUE_IN_BACKGROUND`` (the default) the commit only hands the task to this
     process's enqueue thread, so the request pays nothing for the queue. Without it the task is
     enqueued in the committing thread, and with a database task backend on the same database its
-    row is even written in the transaction itself."""
+    row is even written in the transaction itself. ``with_transaction`` asks for the latter
+    whatever the setting, where the caller's speed matters less than one commit instead of two
+    (the webhook: the task row commits with the state it acts on)."""
+    if with_transaction:
+        connection = transaction.get_connection(using)
+        if connection.in_atomic_block and _joins_transaction(using):
+            enqueue(name, *args, run_after=run_after)
+            return
     if app_settings.ENQUEUE_IN_BACKGROUND:
         transaction.on_commit(
             lambda: _dispatcher.put(name, args, run_after, on_error), using=using, robust=True

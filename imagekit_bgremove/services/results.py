@@ -255,7 +255,7 @@ def _accept_result(
     elif not RemovalJob.objects.transition(job.pk, sources, JobStatus.RECEIVED, **changes):
         return CallbackOutcome("ignored", f"Job #{job.pk} is no longer waiting for a result.", job)
     _moved(job, JobStatus.RECEIVED, changes)
-    queueing.enqueue_on_commit(queueing.FINALIZE, job.pk)
+    queueing.enqueue_on_commit(queueing.FINALIZE, job.pk, with_transaction=True)
     # Jobs waiting on this one get its result now rather than when it is stored. One that
     # starts waiting after the read is settled then (``lifecycle.succeed`` or ``fail``).
     if not unlocked or job.has_waiters:
