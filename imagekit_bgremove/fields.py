@@ -29,8 +29,9 @@ from django.db.models.fields.files import FieldFile, ImageFieldFile, ImageFileDe
 from django.db.models.signals import class_prepared, post_init, post_save, pre_save
 
 from . import services
-from .models import JobStatus, NextJobId, Trigger, next_job_id
+from .models import JobStatus, Trigger, next_job_id
 from .options import OptionsError, RemoveBgOptions
+from .statements import NextJobId
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,9 @@ from django.utils import timezone
 
 from . import queueing
 from .conf import app_settings
-from .models import UNFINISHED, JobStatus, RemovalJob, hot_cursor, new_lease
+from .models import UNFINISHED, JobStatus, RemovalJob, new_lease
 from .signals import removal_failed, removal_succeeded
+from .statements import hot_cursor
 
 logger = logging.getLogger(__name__)
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import django
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.db import connections, models, router
-from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from . import statements
 from .options import RemoveBgOptions
 
 
@@ -90,7 +88,7 @@ class RemovalJobQuerySet(models.QuerySet):
         The save path's hot spot: the ORM's own insert compiles every one of the job's columns
         on each call, which was most of what the field added to a save. No pre_save/post_save
         signals are sent for the job (they are not part of this app's API)."""
-        return insert_row(job, using=self._db)
+        return statements.insert_row(job, using=self._db)
 
     def peek(self, pk: int, field_names: tuple[str, ...]) -> RemovalJob | None:
         """Job ``pk`` with only ``field_names`` loaded, read with one statement built once per
@@ -98,23 +96,9 @@ class RemovalJobQuerySet(models.QuerySet):
         The webhook's read for every delivery, repeats included, where the ORM's compilation
         of the query cost more than the query."""
         alias = self._db or router.db_for_read(self.model)
-        connection = connections[alias]
-        key = (alias, field_names)
-        if key not in _PEEKS:
-            quote = connection.ops.quote_name
-            opts = self.model._meta
-            table = quote(opts.db_table)
-            columns = ", ".join(f"j.{quote(opts.get_field(n).column)}" for n in field_names)
-            duplicate_of = quote(opts.get_field("duplicate_of").column)
-            _PEEKS[key] = (
-                f"SELECT j.{quote(opts.pk.column)}, {columns}, EXISTS ("  # noqa: S608
-                f"SELECT 1 FROM {table} w WHERE w.{duplicate_of} = j.{quote(opts.pk.column)} "
-                f"AND w.{quote(opts.get_field('status').column)} = %s) FROM {table} j "
-                f"WHERE j.{quote(opts.pk.column)} = %s"
-            )
-        with hot_cursor(connection) as cursor:
-            cursor.execute(_PEEKS[key], [JobStatus.WAITING.value, pk])
-            row = cursor.fetchone()
+        row = statements.select_with_waiters(
+            connections[alias], self.model, pk, field_names, waiting=JobStatus.WAITING.value
+        )
         if row is None:
             return None
         # Text columns only (``field_names`` are CharFields): no converter to apply.
@@ -143,35 +127,9 @@ class RemovalJobQuerySet(models.QuerySet):
         if any(v is None for v in expect.values()):
             return None
         alias = self._db or router.db_for_write(self.model)
-        connection = connections[alias]
-        key = (alias, tuple(changes), len(sources), lease is not None, tuple(expect))
-        if key not in _TRANSITIONS:
-            opts = self.model._meta
-            quote = connection.ops.quote_name
-            set_fields = [opts.get_field(name) for name in changes]
-            where_fields = [opts.get_field(name) for name in expect]
-            status = quote(opts.get_field("status").column)
-            sql = (
-                f"UPDATE {quote(opts.db_table)} SET {status} = %s"  # noqa: S608
-                + "".join(f", {quote(f.column)} = %s" for f in set_fields)
-                + f" WHERE {quote(opts.pk.column)} = %s"
-                + f" AND {status} IN ({', '.join(['%s'] * len(sources))})"
-                + (f" AND {quote(opts.get_field('lease_token').column)} = %s" if key[3] else "")
-                + "".join(f" AND {quote(f.column)} = %s" for f in where_fields)
-            )
-            _TRANSITIONS[key] = (sql, set_fields, where_fields)
-        sql, set_fields, where_fields = _TRANSITIONS[key]
-        params: list[Any] = [target]
-        new_values = zip(set_fields, changes.values(), strict=True)
-        params += [f.get_db_prep_save(v, connection) for f, v in new_values]
-        params += [pk, *sources]
-        if lease is not None:
-            params.append(lease)
-        expected = zip(where_fields, expect.values(), strict=True)
-        params += [f.get_db_prep_value(v, connection) for f, v in expected]
-        with hot_cursor(connection) as cursor:
-            cursor.execute(sql, params)
-            return cursor.rowcount > 0
+        return statements.update_where(
+            connections[alias], self.model, pk, sources, target, lease, expect, changes
+        )
 
     def transition(
         self,
@@ -208,107 +166,6 @@ class RemovalJobQuerySet(models.QuerySet):
         if expect:
             qs = qs.filter(**expect)
         return bool(qs.update(status=target, **changes))
-
-
-_INSERTS: dict[tuple[str, str, bool], tuple[str, list[models.Field]]] = {}
-_PEEKS: dict[tuple[str, tuple[str, ...]], str] = {}
-_TRANSITIONS: dict[tuple[Any, ...], tuple[str, list[Any], list[Any]]] = {}
-
-
-def next_job_id(connection: Any) -> models.Expression | None:
-    """An expression drawing the next RemovalJob id from its sequence, for a save to write the
-    ``<field>_removal`` pointer in the object's own INSERT (so the new object needs no second
-    write), or None where ids cannot be drawn ahead: only PostgreSQL has a sequence to draw
-    from, and only Django 6 reads back a value an INSERT computed."""
-    if connection.vendor != "postgresql" or django.VERSION < (6, 0):
-        return None
-    opts = RemovalJob._meta
-    return NextJobId(
-        "nextval(pg_get_serial_sequence(%s, %s))",
-        [connection.ops.quote_name(opts.db_table), opts.pk.column],
-        output_field=models.BigIntegerField(),
-    )
-
-
-class NextJobId(RawSQL):
-    """``next_job_id``'s expression (a class of its own, so a second ``pre_save`` recognises it)."""
-
-
-@contextmanager
-def hot_cursor(connection: Any) -> Iterator[Any]:
-    """A cursor for the statements every save with the field runs.
-
-    On PostgreSQL with psycopg 3 the parameters are bound on the server, in an unnamed statement
-    (never a named prepared one, so it is safe behind pgbouncer): Django's default client-side
-    binding renders every value into the SQL text, which PostgreSQL then parses, and for the
-    job's forty columns that was half the cost of the save. Elsewhere it is a usual cursor.
-    The statements still pass through Django's cursor wrapper (query logging, debug)."""
-    if connection.vendor != "postgresql" or not _PSYCOPG3:
-        with connection.cursor() as cursor:
-            yield cursor
-        return
-    connection.ensure_connection()
-    raw = _ServerBoundCursor(connection.connection)
-    wrapped = (
-        connection.make_debug_cursor(raw)
-        if connection.queries_logged
-        else connection.make_cursor(raw)
-    )
-    with wrapped as cursor:
-        yield cursor
-
-
-try:
-    import psycopg
-
-    class _ServerBoundCursor(psycopg.Cursor):
-        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-            kwargs["prepare"] = False
-            return super().execute(query, params, **kwargs)
-
-    _PSYCOPG3 = True
-except ImportError:  # psycopg2, or no PostgreSQL driver at all
-    _PSYCOPG3 = False
-
-
-def insert_row(obj: models.Model, *, using: str | None = None) -> models.Model:
-    """INSERT ``obj`` (one of this app's rows) with a statement built once per model and
-    database; the hot paths' replacement for ``save(force_insert=True)``, whose compilation cost
-    more than the statement. No signals are sent."""
-    model = type(obj)
-    alias = using or router.db_for_write(model)
-    connection = connections[alias]
-    sql, fields = _insert_statement(connection, model, with_pk=obj.pk is not None)
-    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
-    with hot_cursor(connection) as cursor:
-        cursor.execute(sql, params)
-        if obj.pk is None:
-            if connection.features.can_return_columns_from_insert:
-                obj.pk = cursor.fetchone()[0]
-            else:
-                opts = model._meta
-                obj.pk = connection.ops.last_insert_id(cursor, opts.db_table, opts.pk.column)
-    obj._state.adding = False
-    obj._state.db = alias
-    return obj
-
-
-def _insert_statement(
-    connection: Any, model: type[models.Model], *, with_pk: bool = False
-) -> tuple[str, list[Any]]:
-    key = (connection.alias, model._meta.label, with_pk)
-    if key not in _INSERTS:
-        quote = connection.ops.quote_name
-        fields = [f for f in model._meta.concrete_fields if with_pk or not f.primary_key]
-        sql = (
-            f"INSERT INTO {quote(model._meta.db_table)} "  # noqa: S608 - our own names, quoted
-            f"({', '.join(quote(f.column) for f in fields)}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))})"
-        )
-        if connection.features.can_return_columns_from_insert and not with_pk:
-            sql += f" RETURNING {quote(model._meta.pk.column)}"
-        _INSERTS[key] = (sql, fields)
-    return _INSERTS[key]
 
 
 def _removal_field_names(model: type[models.Model]) -> list[str]:
@@ -558,3 +415,9 @@ class DailyUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day}: {self.requests} removal request(s)"
+
+
+def next_job_id(connection: Any) -> models.Expression | None:
+    """``statements.next_id`` for RemovalJob: the id a new object's INSERT draws for its
+    ``<field>_removal`` pointer, so that the object needs no second write."""
+    return statements.next_id(connection, RemovalJob)

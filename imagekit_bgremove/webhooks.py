@@ -50,7 +50,8 @@ from rest_framework.views import APIView
 
 from . import services, signatures, tokens
 from .conf import app_settings
-from .models import DeliveryVerdict, RemovalJob, WebhookCount, WebhookDelivery, insert_row
+from .models import DeliveryVerdict, RemovalJob, WebhookCount, WebhookDelivery
+from .statements import insert_row
 
 logger = logging.getLogger(__name__)
 

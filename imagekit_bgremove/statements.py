@@ -1,0 +1,188 @@
+"""Statements built once and run on every save, webhook and job move, where the ORM's compilation
+of a query cost more than the query itself. Each mirrors what the ORM would do for the same
+call (the callers fall back to the ORM where a call does not fit); they know nothing of the
+app's models beyond what they are given."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import django
+from django.db import connections, models, router
+from django.db.models.expressions import RawSQL
+
+_INSERTS: dict[tuple[str, str, bool], tuple[str, list[models.Field]]] = {}
+_PEEKS: dict[tuple[str, str, tuple[str, ...]], str] = {}
+_TRANSITIONS: dict[tuple[Any, ...], tuple[str, list[Any], list[Any]]] = {}
+
+
+def next_id(connection: Any, model: type[models.Model]) -> models.Expression | None:
+    """An expression drawing the next id of ``model`` from its sequence, for an INSERT of
+    another row to write a foreign key to a row written later in the same transaction, or None
+    where ids cannot be drawn ahead: only PostgreSQL has a sequence to draw from, and only
+    Django 6 reads back a value an INSERT computed."""
+    if connection.vendor != "postgresql" or django.VERSION < (6, 0):
+        return None
+    opts = model._meta
+    return NextJobId(
+        "nextval(pg_get_serial_sequence(%s, %s))",
+        [connection.ops.quote_name(opts.db_table), opts.pk.column],
+        output_field=models.BigIntegerField(),
+    )
+
+
+class NextJobId(RawSQL):
+    """``next_id``'s expression (a class of its own, so a second ``pre_save`` recognises it)."""
+
+
+@contextmanager
+def hot_cursor(connection: Any) -> Iterator[Any]:
+    """A cursor for the statements every save with the field runs.
+
+    On PostgreSQL with psycopg 3 the parameters are bound on the server, in an unnamed statement
+    (never a named prepared one, so it is safe behind pgbouncer): Django's default client-side
+    binding renders every value into the SQL text, which PostgreSQL then parses, and for the
+    job's forty columns that was half the cost of the save. Elsewhere it is a usual cursor.
+    The statements still pass through Django's cursor wrapper (query logging, debug)."""
+    if connection.vendor != "postgresql" or not _PSYCOPG3:
+        with connection.cursor() as cursor:
+            yield cursor
+        return
+    connection.ensure_connection()
+    raw = _ServerBoundCursor(connection.connection)
+    wrapped = (
+        connection.make_debug_cursor(raw)
+        if connection.queries_logged
+        else connection.make_cursor(raw)
+    )
+    with wrapped as cursor:
+        yield cursor
+
+
+try:
+    import psycopg
+
+    class _ServerBoundCursor(psycopg.Cursor):
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            kwargs["prepare"] = False
+            return super().execute(query, params, **kwargs)
+
+    _PSYCOPG3 = True
+except ImportError:  # psycopg2, or no PostgreSQL driver at all
+    _PSYCOPG3 = False
+
+
+def insert_row(obj: models.Model, *, using: str | None = None) -> models.Model:
+    """INSERT ``obj`` (one of this app's rows) with a statement built once per model and
+    database; the hot paths' replacement for ``save(force_insert=True)``, whose compilation cost
+    more than the statement. No signals are sent."""
+    model = type(obj)
+    alias = using or router.db_for_write(model)
+    connection = connections[alias]
+    sql, fields = _insert_statement(connection, model, with_pk=obj.pk is not None)
+    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    with hot_cursor(connection) as cursor:
+        cursor.execute(sql, params)
+        if obj.pk is None:
+            if connection.features.can_return_columns_from_insert:
+                obj.pk = cursor.fetchone()[0]
+            else:
+                opts = model._meta
+                obj.pk = connection.ops.last_insert_id(cursor, opts.db_table, opts.pk.column)
+    obj._state.adding = False
+    obj._state.db = alias
+    return obj
+
+
+def _insert_statement(
+    connection: Any, model: type[models.Model], *, with_pk: bool = False
+) -> tuple[str, list[Any]]:
+    key = (connection.alias, model._meta.label, with_pk)
+    if key not in _INSERTS:
+        quote = connection.ops.quote_name
+        fields = [f for f in model._meta.concrete_fields if with_pk or not f.primary_key]
+        sql = (
+            f"INSERT INTO {quote(model._meta.db_table)} "  # noqa: S608 - our own names, quoted
+            f"({', '.join(quote(f.column) for f in fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))})"
+        )
+        if connection.features.can_return_columns_from_insert and not with_pk:
+            sql += f" RETURNING {quote(model._meta.pk.column)}"
+        _INSERTS[key] = (sql, fields)
+    return _INSERTS[key]
+
+
+def select_with_waiters(
+    connection: Any,
+    model: type[models.Model],
+    pk: Any,
+    field_names: tuple[str, ...],
+    *,
+    waiting: str,
+) -> tuple[Any, ...] | None:
+    """Row ``pk``'s primary key and ``field_names``, and last whether any row names it in
+    ``duplicate_of`` with status ``waiting``; None if there is no such row."""
+    key = (connection.alias, model._meta.label, field_names)
+    if key not in _PEEKS:
+        quote = connection.ops.quote_name
+        opts = model._meta
+        table = quote(opts.db_table)
+        pk_column = quote(opts.pk.column)
+        columns = ", ".join(f"j.{quote(opts.get_field(n).column)}" for n in field_names)
+        duplicate_of = quote(opts.get_field("duplicate_of").column)
+        _PEEKS[key] = (
+            f"SELECT j.{pk_column}, {columns}, EXISTS ("  # noqa: S608 - our own names, quoted
+            f"SELECT 1 FROM {table} w WHERE w.{duplicate_of} = j.{pk_column} "
+            f"AND w.{quote(opts.get_field('status').column)} = %s) FROM {table} j "
+            f"WHERE j.{pk_column} = %s"
+        )
+    with hot_cursor(connection) as cursor:
+        cursor.execute(_PEEKS[key], [waiting, pk])
+        return cursor.fetchone()
+
+
+def update_where(
+    connection: Any,
+    model: type[models.Model],
+    pk: Any,
+    sources: list[str],
+    target: str,
+    lease: int | None,
+    expect: Mapping[str, Any],
+    changes: dict[str, Any],
+) -> bool:
+    """``UPDATE ... SET status = target, <changes> WHERE pk AND status IN sources [AND
+    lease_token = lease] [AND <field> = <value> for expect]``; whether a row moved. The values
+    must be plain (no models, expressions or expected NULLs: the ORM's job)."""
+    key = (connection.alias, model._meta.label, tuple(changes), len(sources), lease is not None)
+    key += (tuple(expect),)
+    if key not in _TRANSITIONS:
+        opts = model._meta
+        quote = connection.ops.quote_name
+        set_fields = [opts.get_field(name) for name in changes]
+        where_fields = [opts.get_field(name) for name in expect]
+        status = quote(opts.get_field("status").column)
+        lease_column = quote(opts.get_field("lease_token").column)
+        sql = (
+            f"UPDATE {quote(opts.db_table)} SET {status} = %s"  # noqa: S608
+            + "".join(f", {quote(f.column)} = %s" for f in set_fields)
+            + f" WHERE {quote(opts.pk.column)} = %s"
+            + f" AND {status} IN ({', '.join(['%s'] * len(sources))})"
+            + (f" AND {lease_column} = %s" if lease is not None else "")
+            + "".join(f" AND {quote(f.column)} = %s" for f in where_fields)
+        )
+        _TRANSITIONS[key] = (sql, set_fields, where_fields)
+    sql, set_fields, where_fields = _TRANSITIONS[key]
+    params: list[Any] = [target]
+    new_values = zip(set_fields, changes.values(), strict=True)
+    params += [f.get_db_prep_save(v, connection) for f, v in new_values]
+    params += [pk, *sources]
+    if lease is not None:
+        params.append(lease)
+    expected = zip(where_fields, expect.values(), strict=True)
+    params += [f.get_db_prep_value(v, connection) for f, v in expected]
+    with hot_cursor(connection) as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount > 0
