@@ -372,10 +372,20 @@ def _after_init(sender: type, instance: models.Model, **kwargs: Any) -> None:
 def _before_save(
     sender: type, instance: models.Model, raw: bool, using: str | None = None, **kwargs: Any
 ) -> None:
+    state = instance.__dict__
+    # Whatever an earlier save of this instance left when it failed midway goes first: an id
+    # drawn for an INSERT that never happened, and the flag below.
+    for field in sender._ikbg_fields:  # type: ignore[attr-defined]
+        pointer = f"{field.removal_field_name}_id"
+        if isinstance(state.get(pointer), NextJobId):
+            state[pointer] = None
+        state.pop(_drawn_key(field.attname), None)
     # Only in the caller's transaction: the one save() opens for a multi-table child commits
     # before post_save, that is before the job is written.
     if not raw and connections[using].in_atomic_block:
-        instance.__dict__[_SAVING_KEY] = using
+        state[_SAVING_KEY] = using
+    else:
+        state.pop(_SAVING_KEY, None)
 
 
 def _after_save(

@@ -215,8 +215,21 @@ def enqueue_on_commit(
     if with_transaction:
         connection = transaction.get_connection(using)
         if connection.in_atomic_block and _joins_transaction(using):
-            enqueue(name, *args, run_after=run_after)
-            return
+            try:
+                # In a savepoint: a task the backend refuses, or a task_enqueued receiver that
+                # raises, must not undo the state the task follows. It is tried once more at
+                # commit, where a failure is only logged (reconcile enqueues what is lost).
+                with transaction.atomic(using=using):
+                    enqueue(name, *args, run_after=run_after)
+                return
+            except Exception:
+                logger.exception("could not enqueue %s%s with the transaction", name, args)
+                transaction.on_commit(
+                    lambda: enqueue_now(name, *args, run_after=run_after, on_error=on_error),
+                    using=using,
+                    robust=True,
+                )
+                return
     if app_settings.ENQUEUE_IN_BACKGROUND:
         transaction.on_commit(
             lambda: _dispatcher.put(name, args, run_after, on_error), using=using, robust=True

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import django
 import pytest
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from imagekit_bgremove.models import JobStatus, RemovalJob
@@ -94,3 +94,24 @@ def test_a_save_that_fails_after_its_insert_leaves_nothing(dummy_tasks):
         product.save()
     assert_points_at_its_job(product)
     assert RemovalJob.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_save_retried_after_its_insert_failed_gets_its_job(dummy_tasks):
+    # A failed INSERT leaves the drawn id's expression on the instance; a retry, in a
+    # transaction or not, must neither reuse it nor draw one outside a transaction.
+    skip_unless_ids_are_drawn()  # (SQLite would not even refuse the long name)
+    product = Product(name="x" * 101, photo=make_image("retry.png"))  # over max_length
+    with pytest.raises(DataError), transaction.atomic():
+        product.save()
+    product.name = "fixed"
+    product.save()  # autocommit
+    assert_points_at_its_job(product)
+    assert RemovalJob.objects.count() == 1
+    again = Product(name="y" * 101, photo=make_image("retry2.png"))
+    with pytest.raises(DataError), transaction.atomic():
+        again.save()
+    again.name = "fixed too"
+    with transaction.atomic():
+        again.save()
+    assert_points_at_its_job(again)

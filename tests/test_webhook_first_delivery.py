@@ -114,3 +114,26 @@ def test_the_same_first_delivery_twice_at_once_is_accepted_once(dummy_tasks):
     job.refresh_from_db()
     assert (job.status, job.result_version_id) == (JobStatus.RECEIVED, "ver_1")
     assert not WebhookDelivery.objects.exists()  # the service alone records no delivery
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_the_backend_refuses_does_not_undo_the_result(client, dummy_tasks, monkeypatch):
+    """With tasks stored in the same database the finalize task is written in the callback's
+    own transaction; if the backend refuses it, the result still stands (the task is handed
+    over at commit as usual, and reconcile enqueues what that loses)."""
+    from imagekit_bgremove import queueing
+
+    calls = []
+
+    def refusing(name, *args, **kwargs):
+        calls.append(name)
+        raise RuntimeError("the task backend says no")
+
+    monkeypatch.setattr(queueing, "_joins_transaction", lambda using: True)
+    monkeypatch.setattr(queueing, "enqueue", refusing)
+    job = make_job()
+    response = post(client, url_for(job), success())
+    assert (response.status_code, response.json()["verdict"]) == (200, "accepted")
+    job.refresh_from_db()
+    assert (job.status, job.result_version_id) == (JobStatus.RECEIVED, "ver_1")
+    assert calls == ["finalize_removal", "finalize_removal"]  # in the transaction, then at commit

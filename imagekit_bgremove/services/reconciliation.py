@@ -47,7 +47,8 @@ def schedule_check(job_id: int, submitted_at: datetime, now: datetime) -> None:
     deadline = submitted_at + _seconds("PENDING_DEADLINE_SECONDS")
     # A second past the deadline, so that the last check finds the job overdue.
     run_after = min(now + wait, deadline + timedelta(seconds=1))
-    queueing.enqueue_on_commit(queueing.CHECK, job_id, run_after=run_after)
+    # With the move to pending when tasks live in the same database: one commit, not two.
+    queueing.enqueue_on_commit(queueing.CHECK, job_id, run_after=run_after, with_transaction=True)
 
 
 def check(job_id: int, now: datetime | None = None) -> str:
