@@ -106,29 +106,14 @@ class RemovalJobQuerySet(models.QuerySet):
         job.has_waiters = bool(row[-1])
         return job
 
-    def _prepared_transition(
-        self,
-        pk: int,
-        sources: list[str],
-        target: str,
-        lease: int | None,
-        expect: Mapping[str, Any],
-        changes: dict[str, Any],
-    ) -> bool | None:
-        """``transition``'s UPDATE as a statement built once per shape (which columns, how many
-        sources): the ORM's compilation of a twenty-column UPDATE cost more than running it,
-        on every move of every job. None when the move does not fit (a filtered queryset, a
-        value that is a model or an expression, an expected NULL): the ORM does it then."""
-        if self.query.where or any(
-            isinstance(v, models.Model) or hasattr(v, "resolve_expression")
-            for v in (*changes.values(), *expect.values())
-        ):
-            return None
-        if any(v is None for v in expect.values()):
-            return None
-        alias = self._db or router.db_for_write(self.model)
-        return statements.update_where(
-            connections[alias], self.model, pk, sources, target, lease, expect, changes
+    def _fits_a_prepared_update(self, *values: Any) -> bool:
+        """Whether a move can run as ``statements.update_where`` (built once per shape: the ORM's
+        compilation of a twenty-column UPDATE cost more than running it, on every move of every
+        job): not on a filtered queryset, nor with a value that is a model or an expression, nor
+        an expected NULL. The ORM does those."""
+        return not self.query.where and not any(
+            v is None or isinstance(v, models.Model) or hasattr(v, "resolve_expression")
+            for v in values
         )
 
     def transition(
@@ -156,10 +141,14 @@ class RemovalJobQuerySet(models.QuerySet):
             changes["lease_expires_at"] = None
         if target in FINISHED:
             changes.setdefault("finished_at", changes["updated_at"])
-        sources = list(sources)
-        moved = self._prepared_transition(pk, sources, target, lease, expect or {}, changes)
-        if moved is not None:
-            return moved
+        sources, expect = list(sources), expect or {}
+        if self._fits_a_prepared_update(
+            *(v for v in changes.values() if v is not None), *expect.values()
+        ):
+            alias = self._db or router.db_for_write(self.model)
+            return statements.update_where(
+                connections[alias], self.model, pk, sources, target, lease, expect, changes
+            )
         qs = self.filter(pk=pk, status__in=sources)
         if lease is not None:
             qs = qs.filter(lease_token=lease)
