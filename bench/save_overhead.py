@@ -33,6 +33,9 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _postgres import drop_database, recreate_database  # noqa: E402
+
 DEFAULT_PG = "postgres://postgres@127.0.0.1:5432/ikbg_bench_save"
 
 
@@ -42,7 +45,6 @@ PHOTOS = [SAMPLES / name for name in ("astronaut.jpg", "chelsea.jpg", "coffee.jp
 
 def measure(database: dict, saves: int, rounds: int, photos: list[str]) -> dict:
     """Runs in a child interpreter configured for ``database``; returns the timings."""
-    sys.path.insert(0, str(HERE))
     from _django import configure
 
     with tempfile.TemporaryDirectory() as media:
@@ -122,35 +124,16 @@ def _child(database: dict, saves: int, rounds: int, photos: list[str]) -> dict:
 
 
 def _postgres(url: str) -> dict | None:
+    """The Django settings of a fresh database ``url``, or None when PostgreSQL is not there."""
     import environ
     import psycopg
 
-    config = environ.Env.db_url_config(url)
     try:
-        admin = psycopg.connect(
-            dbname="postgres",
-            user=config["USER"],
-            host=config["HOST"] or None,
-            port=config["PORT"] or None,
-            autocommit=True,
-            connect_timeout=3,
-        )
+        recreate_database(url)
     except psycopg.OperationalError as exc:
         print(f"PostgreSQL not reachable ({exc}); its run is skipped")
         return None
-    with admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{config["NAME"]}"')
-        admin.execute(f'CREATE DATABASE "{config["NAME"]}"')
-    return config
-
-
-def _drop_postgres(config: dict) -> None:
-    import psycopg
-
-    with psycopg.connect(
-        dbname="postgres", user=config["USER"], host=config["HOST"] or None, autocommit=True
-    ) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{config["NAME"]}"')
+    return environ.Env.db_url_config(url)
 
 
 def main() -> int:
@@ -176,7 +159,7 @@ def main() -> int:
             try:
                 results.append(_child(config, args.saves, args.rounds, photos))
             finally:
-                _drop_postgres(config)
+                drop_database(args.postgres)
 
     failed = False
     sizes = ", ".join(f"{Path(p).name} {Path(p).stat().st_size // 1024} KB" for p in photos)

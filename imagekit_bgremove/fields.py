@@ -31,7 +31,7 @@ from django.db.models.signals import class_prepared, post_init, post_save, pre_s
 from . import services
 from .models import JobStatus, Trigger, next_job_id
 from .options import OptionsError, RemoveBgOptions
-from .statements import NextJobId
+from .statements import NextId
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +216,11 @@ class BackgroundRemovalImageField(models.ImageField):
         return f"{self.name}_removal"
 
     @property
+    def removal_attname(self) -> str:
+        """The column attribute of ``<name>_removal`` (the job id, without loading the job)."""
+        return f"{self.removal_field_name}_id"
+
+    @property
     def result_field_name(self) -> str:
         return f"{self.name}_result"
 
@@ -337,8 +342,7 @@ class BackgroundRemovalImageField(models.ImageField):
         from the job sequence, instead of updating the new row a second time after the job is
         written. Outside the caller's transaction the object's row would commit before its job
         exists (the pointer is a deferred foreign key: the commit would fail)."""
-        pointer = self.model._meta.get_field(self.removal_field_name)
-        if isinstance(instance.__dict__.get(pointer.attname), NextJobId):
+        if isinstance(instance.__dict__.get(self.removal_attname), NextId):
             return  # Django calls pre_save twice on an insert; the first call drew it
         using = instance.__dict__.get(_SAVING_KEY)
         if using is None or self.remove_bg_trigger != TRIGGER_CHANGED:
@@ -346,7 +350,7 @@ class BackgroundRemovalImageField(models.ImageField):
         expression = next_job_id(connections[using])
         if expression is None:
             return
-        setattr(instance, pointer.attname, expression)
+        setattr(instance, self.removal_attname, expression)
         instance.__dict__[_drawn_key(self.attname)] = True
 
     def trigger_allows(self, instance: models.Model) -> bool:
@@ -376,9 +380,8 @@ def _before_save(
     # Whatever an earlier save of this instance left when it failed midway goes first: an id
     # drawn for an INSERT that never happened, and the flag below.
     for field in sender._ikbg_fields:  # type: ignore[attr-defined]
-        pointer = f"{field.removal_field_name}_id"
-        if isinstance(state.get(pointer), NextJobId):
-            state[pointer] = None
+        if isinstance(state.get(field.removal_attname), NextId):
+            state[field.removal_attname] = None
         state.pop(_drawn_key(field.attname), None)
     # Only in the caller's transaction: the one save() opens for a multi-table child commits
     # before post_save, that is before the job is written.
@@ -409,7 +412,7 @@ def _after_save(
         if not field.trigger_allows(instance):
             continue
         # In the save's transaction: if the job cannot be recorded, the save fails with it.
-        job_id = getattr(instance, f"{field.removal_field_name}_id") if drawn else None
+        job_id = getattr(instance, field.removal_attname) if drawn else None
         services.request_on_save(instance, field, created=created, using=using, job_id=job_id)
 
 

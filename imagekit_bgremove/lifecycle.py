@@ -19,11 +19,10 @@ from django.db import connections, models, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import queueing
+from . import queueing, statements
 from .conf import app_settings
 from .models import UNFINISHED, JobStatus, RemovalJob, new_lease
 from .signals import removal_failed, removal_succeeded
-from .statements import hot_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -78,28 +77,14 @@ def pointer_names(field_name: str) -> tuple[str, str]:
     return f"{field_name}_removal", f"{field_name}_result"
 
 
-_POINTER_UPDATES: dict[tuple[str, str, str], str] = {}
-
-
 def point_latest_at(
     model: type[models.Model], pk: Any, field_name: str, job_id: int, *, using: str | None = None
 ) -> None:
-    """Point the object's ``<field>_removal`` at ``job_id``: one UPDATE prepared once per
-    database (on the save path, the ORM's update costs more than the statement itself)."""
+    """Point the object's ``<field>_removal`` at ``job_id`` (on the save path, the ORM's update
+    costs more than the statement itself)."""
     alias = using or router.db_for_write(model)
-    connection = connections[alias]
     pointer = model._meta.get_field(pointer_names(field_name)[0])
-    table = pointer.model._meta  # the parent's table for a multi-table child
-    key = (alias, table.label, pointer.column)
-    if key not in _POINTER_UPDATES:
-        quote = connection.ops.quote_name
-        _POINTER_UPDATES[key] = (
-            f"UPDATE {quote(table.db_table)} SET {quote(pointer.column)} = %s "  # noqa: S608
-            f"WHERE {quote(table.pk.column)} = %s"
-        )
-    pk_value = table.pk.get_db_prep_value(pk, connection)
-    with hot_cursor(connection) as cursor:
-        cursor.execute(_POINTER_UPDATES[key], [job_id, pk_value])
+    statements.update_column(connections[alias], pointer, pk, job_id)
 
 
 def target_model(job: RemovalJob) -> type[models.Model] | None:

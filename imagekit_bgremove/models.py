@@ -106,14 +106,18 @@ class RemovalJobQuerySet(models.QuerySet):
         job.has_waiters = bool(row[-1])
         return job
 
-    def _fits_a_prepared_update(self, *values: Any) -> bool:
+    def _fits_a_prepared_update(
+        self, changes: Mapping[str, Any], expect: Mapping[str, Any]
+    ) -> bool:
         """Whether a move can run as ``statements.update_where`` (built once per shape: the ORM's
         compilation of a twenty-column UPDATE cost more than running it, on every move of every
-        job): not on a filtered queryset, nor with a value that is a model or an expression, nor
-        an expected NULL. The ORM does those."""
-        return not self.query.where and not any(
-            v is None or isinstance(v, models.Model) or hasattr(v, "resolve_expression")
-            for v in values
+        job). The ORM does the rest: a filtered queryset, a value that is a model or an
+        expression, and an expected NULL (which needs ``IS NULL``)."""
+        if self.query.where or any(v is None for v in expect.values()):
+            return False
+        return not any(
+            isinstance(v, models.Model) or hasattr(v, "resolve_expression")
+            for v in (*changes.values(), *expect.values())
         )
 
     def transition(
@@ -142,9 +146,7 @@ class RemovalJobQuerySet(models.QuerySet):
         if target in FINISHED:
             changes.setdefault("finished_at", changes["updated_at"])
         sources, expect = list(sources), expect or {}
-        if self._fits_a_prepared_update(
-            *(v for v in changes.values() if v is not None), *expect.values()
-        ):
+        if self._fits_a_prepared_update(changes, expect):
             alias = self._db or router.db_for_write(self.model)
             return statements.update_where(
                 connections[alias], self.model, pk, sources, target, lease, expect, changes

@@ -212,31 +212,22 @@ def enqueue_on_commit(
     row is even written in the transaction itself. ``with_transaction`` asks for the latter
     whatever the setting, where the caller's speed matters less than one commit instead of two
     (the webhook: the task row commits with the state it acts on)."""
-    if with_transaction:
-        connection = transaction.get_connection(using)
-        if connection.in_atomic_block and _joins_transaction(using):
-            try:
-                # In a savepoint: a task the backend refuses, or a task_enqueued receiver that
-                # raises, must not undo the state the task follows. It is tried once more at
-                # commit, where a failure is only logged (reconcile enqueues what is lost).
-                with transaction.atomic(using=using):
-                    enqueue(name, *args, run_after=run_after)
-                return
-            except Exception:
-                logger.exception("could not enqueue %s%s with the transaction", name, args)
-                transaction.on_commit(
-                    lambda: enqueue_now(name, *args, run_after=run_after, on_error=on_error),
-                    using=using,
-                    robust=True,
-                )
-                return
-    if app_settings.ENQUEUE_IN_BACKGROUND:
+    if with_transaction and _in_transaction_with_tasks(using):
+        try:
+            # In a savepoint: a task the backend refuses, or a task_enqueued receiver that
+            # raises, must not undo the state the task follows. It is then tried once more at
+            # commit (below), where a failure is only logged; reconcile enqueues what is lost.
+            with transaction.atomic(using=using):
+                enqueue(name, *args, run_after=run_after)
+            return
+        except Exception:
+            logger.exception("could not enqueue %s%s with the transaction", name, args)
+    elif app_settings.ENQUEUE_IN_BACKGROUND:
         transaction.on_commit(
             lambda: _dispatcher.put(name, args, run_after, on_error), using=using, robust=True
         )
         return
-    connection = transaction.get_connection(using)
-    if connection.in_atomic_block and _joins_transaction(using):
+    elif _in_transaction_with_tasks(using):
         enqueue(name, *args, run_after=run_after)
         return
     transaction.on_commit(
@@ -244,6 +235,11 @@ def enqueue_on_commit(
         using=using,
         robust=True,
     )
+
+
+def _in_transaction_with_tasks(using: str | None) -> bool:
+    """In a transaction whose database also stores the tasks (``_joins_transaction``)."""
+    return transaction.get_connection(using).in_atomic_block and _joins_transaction(using)
 
 
 def backoff(

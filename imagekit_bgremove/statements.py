@@ -16,6 +16,7 @@ from django.db.models.expressions import RawSQL
 _INSERTS: dict[tuple[str, str, bool], tuple[str, list[models.Field]]] = {}
 _PEEKS: dict[tuple[str, str, tuple[str, ...]], str] = {}
 _TRANSITIONS: dict[tuple[Any, ...], tuple[str, list[Any], list[Any]]] = {}
+_COLUMN_UPDATES: dict[tuple[str, str, str], str] = {}
 
 
 def next_id(connection: Any, model: type[models.Model]) -> models.Expression | None:
@@ -26,14 +27,14 @@ def next_id(connection: Any, model: type[models.Model]) -> models.Expression | N
     if connection.vendor != "postgresql" or django.VERSION < (6, 0):
         return None
     opts = model._meta
-    return NextJobId(
+    return NextId(
         "nextval(pg_get_serial_sequence(%s, %s))",
         [connection.ops.quote_name(opts.db_table), opts.pk.column],
         output_field=models.BigIntegerField(),
     )
 
 
-class NextJobId(RawSQL):
+class NextId(RawSQL):
     """``next_id``'s expression (a class of its own, so a second ``pre_save`` recognises it)."""
 
 
@@ -186,3 +187,19 @@ def update_where(
     with hot_cursor(connection) as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount > 0
+
+
+def update_column(connection: Any, field: models.Field, pk: Any, value: Any) -> None:
+    """``UPDATE <field's table> SET <field> = value WHERE pk = pk``; the table is the one that
+    holds ``field`` (a multi-table child's parent, for a field it inherits)."""
+    opts = field.model._meta
+    key = (connection.alias, opts.label, field.column)
+    if key not in _COLUMN_UPDATES:
+        quote = connection.ops.quote_name
+        _COLUMN_UPDATES[key] = (
+            f"UPDATE {quote(opts.db_table)} SET {quote(field.column)} = %s "  # noqa: S608
+            f"WHERE {quote(opts.pk.column)} = %s"
+        )
+    params = [field.get_db_prep_save(value, connection), opts.pk.get_db_prep_value(pk, connection)]
+    with hot_cursor(connection) as cursor:
+        cursor.execute(_COLUMN_UPDATES[key], params)

@@ -40,7 +40,6 @@ from .results import (
     apply_callback,
     apply_parsed_callback,
     read_for_callback,
-    recorded_result_version,
 )
 from .submission import submit
 
@@ -66,7 +65,6 @@ __all__ = [
     "parse_callback",
     "read_for_callback",
     "reconcile",
-    "recorded_result_version",
     "removal_field",
     "removal_field_names",
     "request_batch",

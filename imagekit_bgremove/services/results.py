@@ -82,19 +82,6 @@ def read_for_callback(job_id: int, callback: Callback) -> CallbackRead:
     return CallbackRead(found)
 
 
-def recorded_result_version(job_id: int, payload: Any) -> str | None:
-    """The result's version id when ``payload`` (a body, or one already parsed) is a SUCCESS
-    callback whose result job ``job_id`` has already recorded, else None."""
-    if isinstance(payload, Callback):
-        callback = payload
-    else:
-        try:
-            callback = parse_callback(payload)
-        except ValueError:
-            return None
-    return read_for_callback(job_id, callback).duplicate_version
-
-
 def apply_callback(job_id: int, payload: Any, *, signed: bool = False) -> CallbackOutcome:
     """Apply ImageKit's callback for job ``job_id`` (the id comes from the verified token).
     ``signed``: the body carried a valid ImageKit signature. Raises CallbackError for a body
@@ -208,9 +195,9 @@ def _accept_result(
 ) -> CallbackOutcome | None:
     """With ``unlocked``, ``job`` is a pending job read without a lock: the move is guarded by
     what was read, and None means the job changed since, so the caller must lock and decide."""
-    if unlocked and _same_result(job, result):
-        return None
     if _same_result(job, result):
+        if unlocked:
+            return None
         return CallbackOutcome(
             "duplicate",
             f"Result version {result.version_id or '?'} of job #{job.pk} is already recorded.",
