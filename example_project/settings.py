@@ -14,6 +14,8 @@ IMAGEKIT_EMULATOR_AUTOSTART start an embedded emulator when none answers (defaul
 PUBLIC_BASE_URL             how ImageKit reaches this site (WEBHOOK_BASE_URL), default
                             http://127.0.0.1:8000; a public https URL with a real account
 DATABASE_URL                default sqlite:///var/example.sqlite3
+DATABASE_CONN_MAX_AGE       seconds a connection is kept between requests and task polls
+                            (default 60; 0 opens one per request)
 VAR_DIR                     where the database, media and emulator state go (default ./var)
 SECRET_KEY, DEBUG, ALLOWED_HOSTS
 =========================== ================================================================
@@ -85,6 +87,11 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'example.sqlite3'}")}
+# db_worker closes "old" connections on every poll: at Django's default of 0, each of its polls
+# (ten a second in the soak) and each request opened a new PostgreSQL connection, a forked
+# backend costing more CPU than the statements it then ran. A URL's ?conn_max_age= still wins.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # The web server and db_worker write at the same time. A deferred transaction that reads,
     # then writes, fails at once with "database is locked" instead of waiting; IMMEDIATE takes

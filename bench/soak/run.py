@@ -273,9 +273,12 @@ def run(config: SoakConfig) -> dict[str, Any]:
 
         if capacity.get("images_per_s"):
             # Saves wait while this many jobs are unfinished: enough to keep the emulator busy,
-            # and few enough that no job waits at ImageKit anywhere near the deadline, even at
-            # half the emulator's capacity (it shares the machine with the app).
-            bound = int(capacity["images_per_s"] * config.pending_deadline / 8)
+            # and few enough that a job's wait at ImageKit stays under RECONCILE_AFTER even at
+            # half the emulator's capacity (it shares the machine with the app). On a site the
+            # deferred check is for a callback that was lost, not for a run still queued; a
+            # backlog past it had every job checked two or three times, a third of the
+            # workers' time and a tenth of the emulator's.
+            bound = int(capacity["images_per_s"] * config.reconcile_after / 2)
             config.in_flight = max(20, min(config.in_flight, bound))
         meter = CpuMeter(children)
         say(f"soak: at most {config.in_flight} jobs unfinished at once", quiet=quiet)

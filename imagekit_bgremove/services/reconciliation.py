@@ -55,6 +55,11 @@ def check(job_id: int, now: datetime | None = None) -> str:
     """The deferred check of one pending or waiting job (see ``schedule_check``); safe to run
     twice."""
     now = now or timezone.now()
+    # Nearly every check finds its job settled by the callback: one prepared read answers it,
+    # where loading the job and the one it waits on cost a worker more than the check itself.
+    seen = RemovalJob.objects.peek(job_id, ("status",))
+    if seen is None or seen.status not in (JobStatus.WAITING, JobStatus.PENDING):
+        return "skipped"
     job = RemovalJob.objects.select_related("duplicate_of").filter(pk=job_id).first()
     if job is not None and job.status == JobStatus.WAITING:
         outcome = check_waiting(job, now)
