@@ -49,8 +49,6 @@ class DbEngine(Engine):
             "db_worker",
             "--no-reload",
             "--no-startup-delay",
-            "--interval",
-            "0.1",
             "--worker-id",
             self.worker_id(number, generation),
         ]
