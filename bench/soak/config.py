@@ -8,6 +8,7 @@ from typing import Any
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/imagekit_bgremove"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+RQ_WORKER_CLASS = "rq.SimpleWorker"
 
 #: Every fault the emulator has (knob names of imagekit_bgremove.emulator.faults.Faults).
 FAULTS: dict[str, Any] = {
@@ -72,6 +73,9 @@ class SoakConfig:
     #: "db": django-tasks-db and ``manage.py db_worker``; "rq": django-tasks-rq and ``rqworker``.
     engine: str = "db"
     redis_url: str = DEFAULT_REDIS_URL
+    #: rqworker's --worker-class: the README's recommendation, which runs each task in the
+    #: worker process ("" for rq's default, a work horse forked per task).
+    rq_worker_class: str = RQ_WORKER_CLASS
     workers: int = 4
     server: str = "auto"  # gunicorn, runserver or auto
     emulator_workers: int = 2

@@ -115,9 +115,11 @@ class RQEngine(Engine):
     name = "rq"
     label = "RQ over Redis (django-tasks-rq, rqworker)"
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, worker_class: str = "") -> None:
         super().__init__()
         self.redis_url = redis_url
+        #: rqworker's --worker-class ("" for rq's default, a work horse forked per task).
+        self.worker_class = worker_class
         #: This run's own queue: other runs may share the Redis server.
         self.queue = f"ikbg_soak_{secrets.token_hex(4)}"
 
@@ -137,7 +139,7 @@ class RQEngine(Engine):
             "django_tasks_rq.Job",
             "--name",
             self.worker_id(number, generation),
-        ]
+        ] + (["--worker-class", self.worker_class] if self.worker_class else [])
 
     def check_server(self) -> None:
         from redis import Redis
@@ -300,5 +302,5 @@ class RQEngine(Engine):
             connection.delete(*keys[start : start + 500])
 
 
-def make_engine(name: str, redis_url: str) -> Engine:
-    return RQEngine(redis_url) if name == "rq" else DbEngine()
+def make_engine(name: str, redis_url: str, rq_worker_class: str = "") -> Engine:
+    return RQEngine(redis_url, rq_worker_class) if name == "rq" else DbEngine()

@@ -14,7 +14,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, ENGINES, FAULTS, SoakConfig
+from .config import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_REDIS_URL,
+    ENGINES,
+    FAULTS,
+    RQ_WORKER_CLASS,
+    SoakConfig,
+)
 from .procs import ROOT, SoakError
 from .report import format_report
 
@@ -37,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="PostgreSQL server to use (default: DATABASE_URL, else " + DEFAULT_DATABASE_URL + ")",
     )
     add("--redis-url", default=DEFAULT_REDIS_URL, help="Redis for --engine rq (%(default)s)")
+    add(
+        "--rq-worker-class",
+        default=RQ_WORKER_CLASS,
+        help="rqworker --worker-class (%(default)s; '' for rq's forking default)",
+    )
     add("--server", choices=["auto", "gunicorn", "runserver"], default="auto")
     add("--in-flight", type=int, default=150, help="most jobs unfinished at once (%(default)s)")
     add("--pending-deadline", type=float, default=100.0, help="PENDING_DEADLINE_SECONDS")
@@ -64,6 +76,7 @@ def config_from(args: argparse.Namespace) -> SoakConfig:
         keep_db=args.keep_db,
         database_url=args.database_url or "",
         redis_url=args.redis_url,
+        rq_worker_class=args.rq_worker_class,
         server=args.server,
         in_flight=args.in_flight,
         pending_deadline=args.pending_deadline,

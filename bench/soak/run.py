@@ -198,7 +198,7 @@ def run(config: SoakConfig) -> dict[str, Any]:
     """Run the soak in this process (Django must not be configured yet); returns the report."""
     database_url = config.database_url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     _pg_config(database_url)
-    engine = make_engine(config.engine, config.redis_url)
+    engine = make_engine(config.engine, config.redis_url, config.rq_worker_class)
     if isinstance(engine, RQEngine):
         engine.check_server()
     quiet = config.quiet
