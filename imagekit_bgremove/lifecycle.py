@@ -195,10 +195,11 @@ def settle_waiters(original_id: int) -> int:
 
 
 def in_flight(job: RemovalJob) -> bool:
-    """Whether ImageKit is still working on a run this superseded or cancelled job paid for: it
-    was sent (it has a fileId), and neither its result nor its failure has come."""
+    """Whether ImageKit may still be working on a run this superseded or cancelled job paid
+    for: it was sent (it has a fileId, or its upload's answer was lost and nobody has looked
+    the upload up yet), and neither its result nor its failure has come."""
     return (
-        bool(job.file_id)
+        (bool(job.file_id) or job.submission_uncertain)
         and not job.result_url
         and job.error_code not in ("removal_failed", "no_result")
     )

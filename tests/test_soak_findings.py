@@ -252,3 +252,58 @@ def test_a_job_sent_on_its_own_after_waiting_in_vain_gets_its_own_time(dummy_tas
     services.reconcile(now=timezone.now() + deadline + timedelta(seconds=1))
     waiter.refresh_from_db()
     assert (waiter.status, waiter.error_code) == (JobStatus.FAILED, "no_result")
+
+
+# ------------------------------------------------------------------------------------ finding 6
+
+
+def test_a_twin_of_an_original_superseded_after_its_answer_was_lost_is_paid_once(
+    emulator, dummy_tasks
+):
+    # The original's upload is stored at ImageKit (a paid run) but its answer is lost, and the
+    # original gets another photo before a retry looks the upload up. A twin of the first
+    # photo used to take the superseded original for one that never reached ImageKit, and paid
+    # again; it now waits until ImageKit is asked, and shares the run.
+    set_faults(
+        emulator, answer_drop_rate=1.0, endpoints=["upload"], max_api_faults=1, lost_rate=1.0
+    )
+    data = image_bytes(seed=47)
+    original = Product.objects.create(photo=ContentFile(data, name="lost.png"))
+    original_job = jobs_of(original).get()
+    assert services.submit(original_job.pk) == "retry"
+    assert emulator.wait_idle(20)
+    assert paid_runs(emulator) == 1
+    original.photo = ContentFile(image_bytes(seed=48), name="other.png")
+    original.save()
+    original_job.refresh_from_db()
+    assert original_job.status == JobStatus.SUPERSEDED and original_job.submission_uncertain
+    twin = Product.objects.create(photo=ContentFile(data, name="twin.png"))
+    twin_job = jobs_of(twin).get()
+    assert services.submit(twin_job.pk) == "waiting"
+    settle(emulator, twin_job.pk)
+    twin_job.refresh_from_db()
+    assert twin_job.status == JobStatus.SUCCEEDED, (twin_job.status, twin_job.error_message)
+    assert paid_runs(emulator) == 1
+
+
+def test_a_twin_of_an_original_superseded_before_its_lost_upload_arrived_pays(
+    emulator, dummy_tasks
+):
+    # The other way round: the upload whose answer was lost never reached ImageKit (dropped
+    # before the work), so the waiting twin is sent on its own once ImageKit says so.
+    set_faults(emulator, drop_rate=1.0, endpoints=["upload"], max_api_faults=1, lost_rate=1.0)
+    data = image_bytes(seed=49)
+    original = Product.objects.create(photo=ContentFile(data, name="dropped.png"))
+    original_job = jobs_of(original).get()
+    assert services.submit(original_job.pk) == "retry"
+    assert paid_runs(emulator) == 0
+    original.photo = ContentFile(image_bytes(seed=50), name="other2.png")
+    original.save()
+    twin = Product.objects.create(photo=ContentFile(data, name="twin2.png"))
+    twin_job = jobs_of(twin).get()
+    assert services.submit(twin_job.pk) == "waiting"
+    settle(emulator, twin_job.pk)  # asked ImageKit: nothing there, so the twin is queued...
+    settle(emulator, twin_job.pk)  # ...sent, and its result found by the next check
+    twin_job.refresh_from_db()
+    assert twin_job.status == JobStatus.SUCCEEDED, (twin_job.status, twin_job.error_message)
+    assert paid_runs(emulator) == 1

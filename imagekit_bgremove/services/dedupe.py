@@ -7,9 +7,10 @@ Before a job uploads, it claims its content key (sha256 of the image bytes and t
   its image: this job takes the key and uploads;
 - the holder has its result (succeeded, or kept by a holder superseded or cancelled after
   paying): this job shares it (``received``, then its own copy is stored);
-- the holder's run is still on its way (superseded or not): this job waits for it
-  (``waiting``), and is settled when the holder's result or failure comes
-  (``lifecycle.settle_waiters``), or by its scheduled check and reconcile.
+- the holder's run is still on its way (superseded or not), or may be (a holder superseded
+  or cancelled after its upload's answer was lost): this job waits for it (``waiting``), and
+  is settled when the holder's result or failure comes (``lifecycle.settle_waiters``), or by
+  its scheduled check and reconcile, which look the lost upload up at ImageKit.
 
 A ``force``d job never shares or waits.
 """

@@ -129,8 +129,9 @@ _DOING = {
 def check_waiting(job: RemovalJob, now: datetime) -> str:
     """A job waiting on an identical job: settled by that job's fate; when that job was
     superseded or cancelled while its run was at ImageKit, ImageKit is asked for the run's
-    result (its callback may be lost), and past the deadline the waiting job is sent on its
-    own. Returns "settled", "waiting" or "error"."""
+    result (its callback may be lost), first for the upload itself when its answer was lost,
+    and past the deadline the waiting job is sent on its own. Returns "settled", "waiting" or
+    "error"."""
     if lifecycle.settle_waiter(job.pk):
         return "settled"
     original = job.duplicate_of
@@ -138,6 +139,20 @@ def check_waiting(job: RemovalJob, now: datetime) -> str:
         return "waiting"  # the original's own checks settle it
     if not lifecycle.in_flight(original):
         return "waiting"
+    if not original.file_id:
+        # Superseded or cancelled while its upload's answer was lost: whether ImageKit has
+        # that upload decides whether this job waits for its run or pays for one of its own.
+        try:
+            stored = remote.find_upload(original)
+        except ImageKitError as exc:
+            return "error" if exc.retryable else "waiting"
+        unknown = RemovalJob.objects.filter(pk=original.pk, file_id="")
+        if stored is None:
+            unknown.update(submission_uncertain=False)
+            return "settled" if lifecycle.settle_waiter(job.pk) else "waiting"
+        file_id = str(stored.get("fileId") or "")[:100]
+        unknown.update(file_id=file_id, file_path=str(stored.get("filePath") or "")[:500])
+        original.file_id = file_id
     try:
         result = remote.find_result(original)
     except ImageKitError as exc:

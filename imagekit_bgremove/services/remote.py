@@ -6,18 +6,46 @@ functions instead of the client directly where they need ImageKit's view of a jo
 
 from __future__ import annotations
 
+import posixpath
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
 from ..callback import CallbackError, RemoteFile, parse_file
+from ..conf import app_settings
 from ..exceptions import ImageKitError
 from ..models import RemovalJob
+
+_IMAGEKIT_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def client() -> Any:
     from ..client import get_client
 
     return get_client()
+
+
+def upload_name(job: RemovalJob) -> str:
+    """The file name at ImageKit: the same for every attempt of a job, so a repeated upload
+    overwrites instead of adding a file, and a lost answer can be looked up by name."""
+    base = posixpath.basename(job.source_name.replace("\\", "/")) or f"image{job.pk}.jpg"
+    stem, ext = posixpath.splitext(base)
+    # ImageKit replaces other characters with "_": use the name it will store.
+    stem, ext = _IMAGEKIT_UNSAFE.sub("_", stem), _IMAGEKIT_UNSAFE.sub("_", ext)
+    return f"{stem or 'image'}__ikbg{job.pk}{ext or '.jpg'}"
+
+
+def upload_folder(field: Any) -> str:
+    return field.imagekit_folder or app_settings.FOLDER
+
+
+def find_upload(job: RemovalJob) -> dict[str, Any] | None:
+    """The file that ``job``'s upload stored at ImageKit, looked up by its name (for an upload
+    whose answer was lost), or None; the job's object may be gone, its model is enough."""
+    model = job.content_type.model_class()
+    field = model._meta.get_field(job.field_name) if model is not None else None
+    folder = upload_folder(field) if field is not None else app_settings.FOLDER
+    return client().find_file(folder, upload_name(job))
 
 
 def original_bytes_url(url: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import posixpath
-import re
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +34,6 @@ from .request import file_id_of, removal_field, webhook_url
 logger = logging.getLogger(__name__)
 
 HASH_CHUNK = 1024 * 1024
-_IMAGEKIT_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def submit(job_id: int) -> str:
@@ -135,20 +133,6 @@ def _guarded(job: RemovalJob, lease: int, **changes: Any) -> bool:
     )
 
 
-def upload_name(job: RemovalJob) -> str:
-    """The file name at ImageKit: the same for every attempt of a job, so a repeated upload
-    overwrites instead of adding a file, and a lost answer can be looked up by name."""
-    base = posixpath.basename(job.source_name.replace("\\", "/")) or f"image{job.pk}.jpg"
-    stem, ext = posixpath.splitext(base)
-    # ImageKit replaces other characters with "_": use the name it will store.
-    stem, ext = _IMAGEKIT_UNSAFE.sub("_", stem), _IMAGEKIT_UNSAFE.sub("_", ext)
-    return f"{stem or 'image'}__ikbg{job.pk}{ext or '.jpg'}"
-
-
-def upload_folder(field: Any) -> str:
-    return field.imagekit_folder or app_settings.FOLDER
-
-
 def _inspect_source(storage: Any, name: str) -> tuple[str, int]:
     """sha256 and size of the stored original; Refused when ImageKit would refuse it."""
     limit = int(app_settings.MAX_UPLOAD_BYTES)
@@ -212,7 +196,7 @@ def _upload(job: RemovalJob, lease: int, field: Any, options: RemoveBgOptions) -
             "source_size": size,
             "content_key": job.content_key,
         }
-    folder, name = upload_folder(field), upload_name(job)
+    folder, name = remote.upload_folder(field), remote.upload_name(job)
     if job.submission_uncertain:
         if inspected and not _guarded(job, lease, **inspected):
             return "lost"
