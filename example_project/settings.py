@@ -88,8 +88,8 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'example.sqlite3'}")}
 # db_worker closes "old" connections on every poll: at Django's default of 0, each of its polls
-# (ten a second in the soak) and each request opened a new PostgreSQL connection, a forked
-# backend costing more CPU than the statements it then ran. A URL's ?conn_max_age= still wins.
+# and each request opened a new PostgreSQL connection, a forked server process costing more
+# CPU than the statements it then ran. A URL's ?conn_max_age= still wins.
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):

@@ -307,3 +307,68 @@ def test_a_twin_of_an_original_superseded_before_its_lost_upload_arrived_pays(
     twin_job.refresh_from_db()
     assert twin_job.status == JobStatus.SUCCEEDED, (twin_job.status, twin_job.error_message)
     assert paid_runs(emulator) == 1
+
+
+def test_a_lost_upload_not_found_yet_is_not_taken_for_absent_until_it_is_old(emulator, dummy_tasks):
+    # ImageKit's search lags behind an upload: a lookup right after the lost answer that finds
+    # nothing must not release the twin to pay (the upload may land a moment later).
+    set_faults(emulator, drop_rate=1.0, endpoints=["upload"], max_api_faults=1, lost_rate=1.0)
+    data = image_bytes(seed=51)
+    original = Product.objects.create(photo=ContentFile(data, name="early.png"))
+    original_job = jobs_of(original).get()
+    assert services.submit(original_job.pk) == "retry"
+    original.photo = ContentFile(image_bytes(seed=52), name="early2.png")
+    original.save()
+    twin = Product.objects.create(photo=ContentFile(data, name="early-twin.png"))
+    twin_job = jobs_of(twin).get()
+    assert services.submit(twin_job.pk) == "waiting"
+    assert services.check(twin_job.pk, now=timezone.now()) == "waiting"
+    twin_job.refresh_from_db()
+    original_job.refresh_from_db()
+    assert twin_job.status == JobStatus.WAITING and original_job.submission_uncertain
+
+
+def test_a_twin_waiting_on_a_found_lost_upload_is_sent_on_its_own_after_the_deadline(
+    emulator, dummy_tasks
+):
+    # The lost upload is found, but no result ever comes (remove-bg failed, and its callback
+    # was lost: nothing in ImageKit's API says so): past the deadline the twin is sent on its
+    # own instead of waiting for ever.
+    set_faults(
+        emulator,
+        answer_drop_rate=1.0,
+        endpoints=["upload"],
+        max_api_faults=1,
+        lost_rate=1.0,
+        extension_failure_rate=1.0,
+    )
+    data = image_bytes(seed=53)
+    original = Product.objects.create(photo=ContentFile(data, name="never.png"))
+    original_job = jobs_of(original).get()
+    assert services.submit(original_job.pk) == "retry"
+    original.photo = ContentFile(image_bytes(seed=54), name="never2.png")
+    original.save()
+    twin = Product.objects.create(photo=ContentFile(data, name="never-twin.png"))
+    twin_job = jobs_of(twin).get()
+    assert services.submit(twin_job.pk) == "waiting"
+    assert emulator.wait_idle(20)
+    assert services.check(twin_job.pk, now=later()) == "waiting"
+    original_job.refresh_from_db()
+    assert original_job.file_id and original_job.submitted_at is not None
+    past = timezone.now() + timedelta(seconds=float(app_settings.PENDING_DEADLINE_SECONDS) + 60)
+    assert services.check(twin_job.pk, now=past) == "settled"
+    twin_job.refresh_from_db()
+    assert twin_job.status == JobStatus.QUEUED
+
+
+def test_a_check_past_the_deadline_is_not_due_at_once(dummy_tasks, run_on_commit):
+    from imagekit_bgremove.compat import task_backends
+    from imagekit_bgremove.services.reconciliation import schedule_check
+
+    now = timezone.now()
+    long_ago = now - timedelta(seconds=float(app_settings.PENDING_DEADLINE_SECONDS) * 3)
+    task_backends["default"].results.clear()
+    with run_on_commit():
+        schedule_check(12345, long_ago, now)
+    (check,) = [r for r in task_backends["default"].results if r.task.name == "check_removal"]
+    assert check.task.run_after > now

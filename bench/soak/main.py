@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--rq-worker-class",
         default=RQ_WORKER_CLASS,
-        help="rqworker --worker-class (%(default)s; '' for rq's forking default)",
+        help="rqworker --worker-class, e.g. rq.SimpleWorker (default: rq's own, forking)",
     )
     add("--server", choices=["auto", "gunicorn", "runserver"], default="auto")
     add("--in-flight", type=int, default=150, help="most jobs unfinished at once (%(default)s)")

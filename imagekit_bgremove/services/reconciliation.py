@@ -45,8 +45,11 @@ def schedule_check(job_id: int, submitted_at: datetime, now: datetime) -> None:
     cap = CHECK_INTERVAL_MAX.total_seconds()
     wait = queueing.backoff(1, base=first, cap=cap, at_least=min(waited, cap))
     deadline = submitted_at + _seconds("PENDING_DEADLINE_SECONDS")
-    # A second past the deadline, so that the last check finds the job overdue.
-    run_after = min(now + wait, deadline + timedelta(seconds=1))
+    # A second past the deadline, so that the last check finds the job overdue; once past it,
+    # the usual wait (a check due in the past would run again at once, and again).
+    run_after = now + wait
+    if now <= deadline:
+        run_after = min(run_after, deadline + timedelta(seconds=1))
     # With the move to pending when tasks live in the same database: one commit, not two.
     queueing.enqueue_on_commit(queueing.CHECK, job_id, run_after=run_after, with_transaction=True)
 
@@ -63,8 +66,8 @@ def check(job_id: int, now: datetime | None = None) -> str:
     job = RemovalJob.objects.select_related("duplicate_of").filter(pk=job_id).first()
     if job is not None and job.status == JobStatus.WAITING:
         outcome = check_waiting(job, now)
-        if outcome == "waiting":
-            schedule_check(job.pk, job.created_at, now)
+        if outcome in ("waiting", "error"):
+            schedule_check(job.pk, job.restarted_at or job.created_at, now)
         return outcome
     if job is None or job.status != JobStatus.PENDING or job.submitted_at is None:
         return "skipped"
@@ -148,11 +151,19 @@ def check_waiting(job: RemovalJob, now: datetime) -> str:
             return "error" if exc.retryable else "waiting"
         unknown = RemovalJob.objects.filter(pk=original.pk, file_id="")
         if stored is None:
+            # ImageKit's search lags behind an upload, and a late answer may still be storing
+            # it: "not there" is believed only once the lost attempt is old.
+            if now - original.updated_at < _seconds("RECONCILE_AFTER_SECONDS"):
+                return "waiting"
             unknown.update(submission_uncertain=False)
             return "settled" if lifecycle.settle_waiter(job.pk) else "waiting"
         file_id = str(stored.get("fileId") or "")[:100]
-        unknown.update(file_id=file_id, file_path=str(stored.get("filePath") or "")[:500])
-        original.file_id = file_id
+        # Sent no later than this job started waiting: its deadline counts from then.
+        sent = original.submitted_at or job.restarted_at or job.created_at
+        unknown.update(
+            file_id=file_id, file_path=str(stored.get("filePath") or "")[:500], submitted_at=sent
+        )
+        original.file_id, original.submitted_at = file_id, sent
     try:
         result = remote.find_result(original)
     except ImageKitError as exc:

@@ -11,6 +11,8 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.exceptions import FieldDoesNotExist
+
 from ..callback import CallbackError, RemoteFile, parse_file
 from ..conf import app_settings
 from ..exceptions import ImageKitError
@@ -43,8 +45,12 @@ def find_upload(job: RemovalJob) -> dict[str, Any] | None:
     """The file that ``job``'s upload stored at ImageKit, looked up by its name (for an upload
     whose answer was lost), or None; the job's object may be gone, its model is enough."""
     model = job.content_type.model_class()
-    field = model._meta.get_field(job.field_name) if model is not None else None
-    folder = upload_folder(field) if field is not None else app_settings.FOLDER
+    try:
+        folder = upload_folder(model._meta.get_field(job.field_name))  # type: ignore[union-attr]
+    except (AttributeError, FieldDoesNotExist):
+        # The model or its field is gone since: the default folder is the best guess, and a
+        # miss only means the identical image waiting on this job pays for its own run.
+        folder = app_settings.FOLDER
     return client().find_file(folder, upload_name(job))
 
 
