@@ -45,6 +45,7 @@ def take(plan: Plan) -> dict[str, Any]:
             "duplicate_of_id",
             "superseded_by_id",
             "attempts",
+            "submission_uncertain",
             "trigger",
             "force",
             "options",

@@ -315,8 +315,16 @@ def check_outcomes(snapshot, state, index: Index) -> Check:
                     f"{text}; job #{named['id']} was {named['status']} while its answer was "
                     "lost, so nobody looked it up (a wasted run, not paid twice)"
                 )
+            elif named is None:
+                c.violations.append(f"{text}; no job of that number in the database")
             else:
-                c.violations.append(text)
+                # What the job says of itself, for whoever reads the report.
+                c.violations.append(
+                    f"{text}; job #{named['id']} is {named['status']} (file_id "
+                    f"{named['file_id'] or '-'}, duplicate_of {named['duplicate_of_id']}, "
+                    f"uncertain {named.get('submission_uncertain')}, attempts "
+                    f"{named['attempts']}, error {named['error_code'] or '-'})"
+                )
             continue
         if len(owners) > 1:
             c.violations.append(f"jobs {[j['id'] for j in owners]} all claim file {file_id}")
