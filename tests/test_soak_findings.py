@@ -257,29 +257,32 @@ def test_a_job_sent_on_its_own_after_waiting_in_vain_gets_its_own_time(dummy_tas
 # ------------------------------------------------------------------------------------ finding 6
 
 
-def test_a_twin_of_an_original_superseded_after_its_answer_was_lost_is_paid_once(
-    emulator, dummy_tasks
-):
-    # The original's upload is stored at ImageKit (a paid run) but its answer is lost, and the
-    # original gets another photo before a retry looks the upload up. A twin of the first
-    # photo used to take the superseded original for one that never reached ImageKit, and paid
-    # again; it now waits until ImageKit is asked, and shares the run.
-    set_faults(
-        emulator, answer_drop_rate=1.0, endpoints=["upload"], max_api_faults=1, lost_rate=1.0
-    )
-    data = image_bytes(seed=47)
-    original = Product.objects.create(photo=ContentFile(data, name="lost.png"))
+def _twin_after_a_lost_answer(emulator, seed: int, **faults) -> tuple[RemovalJob, RemovalJob]:
+    """The original's upload attempt gets no answer (``faults`` say whether it reached
+    ImageKit), its object gets another photo before the upload is looked up (the original is
+    superseded), and a twin of the first photo is submitted."""
+    set_faults(emulator, endpoints=["upload"], max_api_faults=1, lost_rate=1.0, **faults)
+    data = image_bytes(seed=seed)
+    original = Product.objects.create(photo=ContentFile(data, name=f"lost{seed}.png"))
     original_job = jobs_of(original).get()
     assert services.submit(original_job.pk) == "retry"
-    assert emulator.wait_idle(20)
-    assert paid_runs(emulator) == 1
-    original.photo = ContentFile(image_bytes(seed=48), name="other.png")
+    original.photo = ContentFile(image_bytes(seed=seed + 1), name=f"next{seed}.png")
     original.save()
     original_job.refresh_from_db()
     assert original_job.status == JobStatus.SUPERSEDED and original_job.submission_uncertain
-    twin = Product.objects.create(photo=ContentFile(data, name="twin.png"))
+    twin = Product.objects.create(photo=ContentFile(data, name=f"twin{seed}.png"))
     twin_job = jobs_of(twin).get()
     assert services.submit(twin_job.pk) == "waiting"
+    return original_job, twin_job
+
+
+def test_a_twin_of_an_original_superseded_after_its_answer_was_lost_is_paid_once(
+    emulator, dummy_tasks
+):
+    # The upload is stored at ImageKit (a paid run) but its answer is lost. The twin used to
+    # take the superseded original for one that never reached ImageKit, and paid again; it now
+    # waits until ImageKit is asked, and shares the run.
+    _, twin_job = _twin_after_a_lost_answer(emulator, seed=47, answer_drop_rate=1.0)
     settle(emulator, twin_job.pk)
     twin_job.refresh_from_db()
     assert twin_job.status == JobStatus.SUCCEEDED, (twin_job.status, twin_job.error_message)
@@ -289,19 +292,10 @@ def test_a_twin_of_an_original_superseded_after_its_answer_was_lost_is_paid_once
 def test_a_twin_of_an_original_superseded_before_its_lost_upload_arrived_pays(
     emulator, dummy_tasks
 ):
-    # The other way round: the upload whose answer was lost never reached ImageKit (dropped
-    # before the work), so the waiting twin is sent on its own once ImageKit says so.
-    set_faults(emulator, drop_rate=1.0, endpoints=["upload"], max_api_faults=1, lost_rate=1.0)
-    data = image_bytes(seed=49)
-    original = Product.objects.create(photo=ContentFile(data, name="dropped.png"))
-    original_job = jobs_of(original).get()
-    assert services.submit(original_job.pk) == "retry"
+    # The other way round: the upload never reached ImageKit (dropped before the work), so
+    # the waiting twin is sent on its own once ImageKit says so.
+    _, twin_job = _twin_after_a_lost_answer(emulator, seed=49, drop_rate=1.0)
     assert paid_runs(emulator) == 0
-    original.photo = ContentFile(image_bytes(seed=50), name="other2.png")
-    original.save()
-    twin = Product.objects.create(photo=ContentFile(data, name="twin2.png"))
-    twin_job = jobs_of(twin).get()
-    assert services.submit(twin_job.pk) == "waiting"
     settle(emulator, twin_job.pk)  # asked ImageKit: nothing there, so the twin is queued...
     settle(emulator, twin_job.pk)  # ...sent, and its result found by the next check
     twin_job.refresh_from_db()
@@ -312,16 +306,7 @@ def test_a_twin_of_an_original_superseded_before_its_lost_upload_arrived_pays(
 def test_a_lost_upload_not_found_yet_is_not_taken_for_absent_until_it_is_old(emulator, dummy_tasks):
     # ImageKit's search lags behind an upload: a lookup right after the lost answer that finds
     # nothing must not release the twin to pay (the upload may land a moment later).
-    set_faults(emulator, drop_rate=1.0, endpoints=["upload"], max_api_faults=1, lost_rate=1.0)
-    data = image_bytes(seed=51)
-    original = Product.objects.create(photo=ContentFile(data, name="early.png"))
-    original_job = jobs_of(original).get()
-    assert services.submit(original_job.pk) == "retry"
-    original.photo = ContentFile(image_bytes(seed=52), name="early2.png")
-    original.save()
-    twin = Product.objects.create(photo=ContentFile(data, name="early-twin.png"))
-    twin_job = jobs_of(twin).get()
-    assert services.submit(twin_job.pk) == "waiting"
+    original_job, twin_job = _twin_after_a_lost_answer(emulator, seed=51, drop_rate=1.0)
     assert services.check(twin_job.pk, now=timezone.now()) == "waiting"
     twin_job.refresh_from_db()
     original_job.refresh_from_db()
@@ -334,23 +319,9 @@ def test_a_twin_waiting_on_a_found_lost_upload_is_sent_on_its_own_after_the_dead
     # The lost upload is found, but no result ever comes (remove-bg failed, and its callback
     # was lost: nothing in ImageKit's API says so): past the deadline the twin is sent on its
     # own instead of waiting for ever.
-    set_faults(
-        emulator,
-        answer_drop_rate=1.0,
-        endpoints=["upload"],
-        max_api_faults=1,
-        lost_rate=1.0,
-        extension_failure_rate=1.0,
+    original_job, twin_job = _twin_after_a_lost_answer(
+        emulator, seed=53, answer_drop_rate=1.0, extension_failure_rate=1.0
     )
-    data = image_bytes(seed=53)
-    original = Product.objects.create(photo=ContentFile(data, name="never.png"))
-    original_job = jobs_of(original).get()
-    assert services.submit(original_job.pk) == "retry"
-    original.photo = ContentFile(image_bytes(seed=54), name="never2.png")
-    original.save()
-    twin = Product.objects.create(photo=ContentFile(data, name="never-twin.png"))
-    twin_job = jobs_of(twin).get()
-    assert services.submit(twin_job.pk) == "waiting"
     assert emulator.wait_idle(20)
     assert services.check(twin_job.pk, now=later()) == "waiting"
     original_job.refresh_from_db()
