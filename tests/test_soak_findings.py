@@ -332,6 +332,31 @@ def test_a_twin_waiting_on_a_found_lost_upload_is_sent_on_its_own_after_the_dead
     assert twin_job.status == JobStatus.QUEUED
 
 
+def test_a_twin_whose_lookup_fails_is_checked_again(emulator, dummy_tasks, run_on_commit):
+    # ImageKit answers the lookup of the lost upload with errors: the twin's next check is
+    # scheduled all the same (it was dropped, and without cron the twin waited for ever).
+    from imagekit_bgremove.compat import task_backends
+
+    _, twin_job = _twin_after_a_lost_answer(emulator, seed=55, answer_drop_rate=1.0)
+    set_faults(emulator, error_rate_5xx=1.0, endpoints=["list_files"])
+    task_backends["default"].results.clear()
+    with run_on_commit():
+        assert services.check(twin_job.pk, now=later()) == "error"
+    checks = [r for r in task_backends["default"].results if r.task.name == "check_removal"]
+    assert [c.args for c in checks] == [[twin_job.pk]]
+
+
+def test_a_twin_whose_original_lost_its_field_is_still_settled(emulator, dummy_tasks):
+    # The original's field was renamed since (a migration): its upload is looked up in the
+    # default folder instead of the check crashing, which also stopped reconcile's whole run.
+    original_job, twin_job = _twin_after_a_lost_answer(emulator, seed=57, answer_drop_rate=1.0)
+    RemovalJob.objects.filter(pk=original_job.pk).update(field_name="renamed_since")
+    settle(emulator, twin_job.pk)
+    twin_job.refresh_from_db()
+    assert twin_job.status == JobStatus.SUCCEEDED, (twin_job.status, twin_job.error_message)
+    assert paid_runs(emulator) == 1
+
+
 def test_a_check_past_the_deadline_is_not_due_at_once(dummy_tasks, run_on_commit):
     from imagekit_bgremove.compat import task_backends
     from imagekit_bgremove.services.reconciliation import schedule_check
@@ -342,4 +367,7 @@ def test_a_check_past_the_deadline_is_not_due_at_once(dummy_tasks, run_on_commit
     with run_on_commit():
         schedule_check(12345, long_ago, now)
     (check,) = [r for r in task_backends["default"].results if r.task.name == "check_removal"]
-    assert check.task.run_after > now
+    # Due after the usual wait, not at once (it then ran again and again).
+    assert check.task.run_after >= now + timedelta(
+        seconds=float(app_settings.RECONCILE_AFTER_SECONDS)
+    )

@@ -8,7 +8,6 @@ from typing import Any
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/imagekit_bgremove"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-RQ_WORKER_CLASS = ""
 
 #: Every fault the emulator has (knob names of imagekit_bgremove.emulator.faults.Faults).
 FAULTS: dict[str, Any] = {
@@ -75,7 +74,7 @@ class SoakConfig:
     redis_url: str = DEFAULT_REDIS_URL
     #: rqworker's --worker-class ("" for rq's default, a work horse forked per task, which the
     #: README recommends; "rq.SimpleWorker" runs each task in the worker process).
-    rq_worker_class: str = RQ_WORKER_CLASS
+    rq_worker_class: str = ""
     workers: int = 4
     server: str = "auto"  # gunicorn, runserver or auto
     emulator_workers: int = 2

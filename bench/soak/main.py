@@ -14,14 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import (
-    DEFAULT_DATABASE_URL,
-    DEFAULT_REDIS_URL,
-    ENGINES,
-    FAULTS,
-    RQ_WORKER_CLASS,
-    SoakConfig,
-)
+from .config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, ENGINES, FAULTS, SoakConfig
 from .procs import ROOT, SoakError
 from .report import format_report
 
@@ -46,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--redis-url", default=DEFAULT_REDIS_URL, help="Redis for --engine rq (%(default)s)")
     add(
         "--rq-worker-class",
-        default=RQ_WORKER_CLASS,
+        default="",
         help="rqworker --worker-class, e.g. rq.SimpleWorker (default: rq's own, forking)",
     )
     add("--server", choices=["auto", "gunicorn", "runserver"], default="auto")

@@ -11,8 +11,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.core.exceptions import FieldDoesNotExist
-
+from .. import lifecycle
 from ..callback import CallbackError, RemoteFile, parse_file
 from ..conf import app_settings
 from ..exceptions import ImageKitError
@@ -44,14 +43,16 @@ def upload_folder(field: Any) -> str:
 def find_upload(job: RemovalJob) -> dict[str, Any] | None:
     """The file that ``job``'s upload stored at ImageKit, looked up by its name (for an upload
     whose answer was lost), or None; the job's object may be gone, its model is enough."""
-    model = job.content_type.model_class()
+    from .request import RequestError, removal_field
+
+    model = lifecycle.target_model(job)
     try:
-        folder = upload_folder(model._meta.get_field(job.field_name))  # type: ignore[union-attr]
-    except (AttributeError, FieldDoesNotExist):
-        # The model or its field is gone since: the default folder is the best guess, and a
-        # miss only means the identical image waiting on this job pays for its own run.
-        folder = app_settings.FOLDER
-    return client().find_file(folder, upload_name(job))
+        folder = upload_folder(removal_field(model, job.field_name)) if model else None
+    except RequestError:
+        folder = None
+    # The model or its field is gone since: the default folder is the best guess, and a miss
+    # only means that the identical image waiting on this job pays for its own run.
+    return client().find_file(folder or app_settings.FOLDER, upload_name(job))
 
 
 def original_bytes_url(url: str) -> str:
