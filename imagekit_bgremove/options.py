@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -71,7 +71,7 @@ class RemoveBgOptions:
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        return _FIELD_NAMES
 
     @classmethod
     def from_dict(
@@ -92,7 +92,7 @@ class RemoveBgOptions:
                 f"Unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
                 f"allowed: {', '.join(sorted(allowed))}."
             ]
-        values = asdict(base or cls())
+        values = (base or _DEFAULTS).to_dict()
         for name in ("add_shadow", "semitransparency"):
             if name in data:
                 try:
@@ -157,10 +157,11 @@ class RemoveBgOptions:
     def explicit(self) -> dict[str, Any]:
         """Only the options that differ from remove.bg's defaults."""
         default = RemoveBgOptions()
-        return {k: v for k, v in asdict(self).items() if getattr(default, k) != v}
+        return {k: v for k, v in self.to_dict().items() if getattr(default, k) != v}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict, whose deep copy of four scalars was a visible part of a save.
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
 
     def to_extension(self) -> dict[str, Any]:
         """The exact item for ImageKit's ``extensions`` array."""
@@ -186,6 +187,10 @@ class RemoveBgOptions:
             k.replace("_", " ") if v is True else f"{k}={v}" for k, v in self.explicit().items()
         ]
         return ", ".join(parts) or "defaults"
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(RemoveBgOptions))
+_DEFAULTS = RemoveBgOptions()
 
 
 def _boolean(value: Any, *, form: bool) -> bool:

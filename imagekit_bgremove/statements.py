@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import django
 from django.db import connections, models, router
@@ -17,6 +17,10 @@ _INSERTS: dict[tuple[str, str, bool], tuple[str, list[models.Field]]] = {}
 _PEEKS: dict[tuple[str, str, tuple[str, ...]], str] = {}
 _TRANSITIONS: dict[tuple[Any, ...], tuple[str, list[Any], list[Any]]] = {}
 _COLUMN_UPDATES: dict[tuple[str, str, str], str] = {}
+_NEXT_IDS: dict[tuple[str, str], NextId] = {}
+_NEW_ROW_PLANS: dict[tuple[str, str, tuple[str, ...]], _NewRowPlan] = {}
+
+M = TypeVar("M", bound=models.Model)
 
 
 def next_id(connection: Any, model: type[models.Model]) -> models.Expression | None:
@@ -26,12 +30,16 @@ def next_id(connection: Any, model: type[models.Model]) -> models.Expression | N
     Django 6 reads back a value an INSERT computed."""
     if connection.vendor != "postgresql" or django.VERSION < (6, 0):
         return None
-    opts = model._meta
-    return NextId(
-        "nextval(pg_get_serial_sequence(%s, %s))",
-        [connection.ops.quote_name(opts.db_table), opts.pk.column],
-        output_field=models.BigIntegerField(),
-    )
+    key = (connection.alias, model._meta.label)
+    if key not in _NEXT_IDS:
+        # One per model and database: the compiler resolves a copy for each INSERT.
+        opts = model._meta
+        _NEXT_IDS[key] = NextId(
+            "nextval(pg_get_serial_sequence(%s, %s))",
+            [connection.ops.quote_name(opts.db_table), opts.pk.column],
+            output_field=models.BigIntegerField(),
+        )
+    return _NEXT_IDS[key]
 
 
 class NextId(RawSQL):
@@ -95,6 +103,109 @@ def insert_row(obj: models.Model, *, using: str | None = None) -> models.Model:
     obj._state.adding = False
     obj._state.db = alias
     return obj
+
+
+def insert_new(model: type[M], values: Mapping[str, Any], *, using: str | None = None) -> M:
+    """INSERT a new row of ``model`` from ``values`` (field names to values; a foreign key by
+    its related object or its key) with every other column at its field's default, and return
+    the saved instance, its related objects cached.
+
+    The save path's insert: building the job with ``Model(**kwargs)`` and then reading its
+    forty fields back for the parameters cost more than the INSERT itself. Here the statement
+    writes the defaults as literals, only the given values are bound, and the instance is built
+    positionally, as Django builds the rows it reads."""
+    alias = using or router.db_for_write(model)
+    connection = connections[alias]
+    plan = _new_row_plan(connection, model, tuple(values))
+    row = list(plan.defaults)
+    params = []
+    related = []
+    for (index, field), value in zip(plan.given, values.values(), strict=True):
+        if isinstance(value, models.Model):
+            related.append((field, value))
+            value = value.pk
+        row[index] = value
+        params.append(field.get_db_prep_save(value, connection))
+    for index, field in plan.called:
+        row[index] = field.get_default()
+        params.append(field.get_db_prep_save(row[index], connection))
+    with hot_cursor(connection) as cursor:
+        cursor.execute(plan.sql, params)
+        if plan.returns_pk:
+            if connection.features.can_return_columns_from_insert:
+                row[plan.pk_index] = cursor.fetchone()[0]
+            else:
+                table, column = model._meta.db_table, model._meta.pk.column
+                row[plan.pk_index] = connection.ops.last_insert_id(cursor, table, column)
+    obj = model(*row)
+    obj._state.adding = False
+    obj._state.db = alias
+    for field, value in related:
+        field.set_cached_value(obj, value)
+    return obj
+
+
+class _NewRowPlan(NamedTuple):
+    sql: str
+    given: list[tuple[int, models.Field]]  # position in the row, field; in the caller's order
+    called: list[tuple[int, models.Field]]  # defaults that are callables: called per row
+    defaults: list[Any]  # the row as built from the literal defaults
+    returns_pk: bool
+    pk_index: int
+
+
+def _new_row_plan(
+    connection: Any, model: type[models.Model], names: tuple[str, ...]
+) -> _NewRowPlan:
+    key = (connection.alias, model._meta.label, names)
+    if key in _NEW_ROW_PLANS:
+        return _NEW_ROW_PLANS[key]
+    opts = model._meta
+    quote = connection.ops.quote_name
+    fields = list(opts.concrete_fields)
+    given = [(fields.index(opts.get_field(n)), opts.get_field(n)) for n in names]
+    given_fields = {f for _, f in given}
+    called: list[tuple[int, models.Field]] = []
+    literals: list[tuple[models.Field, str]] = []
+    defaults: list[Any] = []
+    for i, field in enumerate(fields):
+        computed = field.has_default() and callable(field.default)
+        default = None if computed else field.get_default()
+        defaults.append(default)
+        if field in given_fields or (field.primary_key and not field.has_default()):
+            continue  # given, or an id the database assigns
+        literal = None if computed else _literal(field, default)
+        if literal is None:
+            called.append((i, field))
+        else:
+            literals.append((field, literal))
+    # Bound in this order: the given values, then the defaults computed per row.
+    bound = [f for _, f in given] + [f for _, f in called]
+    columns = [quote(f.column) for f in bound] + [quote(f.column) for f, _ in literals]
+    slots = ["%s"] * len(bound) + [literal for _, literal in literals]
+    pk_index = fields.index(opts.pk)
+    returns_pk = opts.pk not in given_fields
+    sql = (
+        f"INSERT INTO {quote(opts.db_table)} ({', '.join(columns)}) "  # noqa: S608 - our names
+        f"VALUES ({', '.join(slots)})"
+    )
+    if returns_pk and connection.features.can_return_columns_from_insert:
+        sql += f" RETURNING {quote(opts.pk.column)}"
+    plan = _NewRowPlan(sql, given, called, defaults, returns_pk, pk_index)
+    _NEW_ROW_PLANS[key] = plan
+    return plan
+
+
+def _literal(field: models.Field, value: Any) -> str | None:
+    """A default as SQL text, where it reads the same on every database (NULL, an integer, an
+    empty string in a text column), else None: bound like a given value."""
+    if value is None:
+        return "NULL"
+    if type(value) is int:
+        return str(value)
+    if value == "" and isinstance(field, models.CharField | models.TextField):
+        return "''"
+    return None
 
 
 def _insert_statement(

@@ -79,9 +79,25 @@ def base_options() -> RemoveBgOptions:
     return RemoveBgOptions.coerce(app_settings.DEFAULT_OPTIONS or {})
 
 
+#: field -> (DEFAULT_OPTIONS, remove_bg_options, their validated merge) as last computed.
+_field_options: dict[Any, tuple[Any, dict[str, Any], RemoveBgOptions]] = {}
+
+
 def field_options(field: Any) -> RemoveBgOptions:
-    """A field's effective options: its ``remove_bg_options`` merged over ``DEFAULT_OPTIONS``."""
-    return RemoveBgOptions.from_dict(field.remove_bg_options, base=base_options())
+    """A field's effective options: its ``remove_bg_options`` merged over ``DEFAULT_OPTIONS``.
+
+    Every save asks, and validating both twice over was a visible part of a save: the merge is
+    kept while neither input changes (settings are still read now, so ``override_settings``
+    applies). Options are immutable, so callers can share the result."""
+    defaults = app_settings.DEFAULT_OPTIONS or {}
+    own = field.remove_bg_options
+    known = _field_options.get(field)
+    if known is not None and known[0] == defaults and known[1] == own:
+        return known[2]
+    merged = RemoveBgOptions.from_dict(own, base=base_options())
+    snapshot = dict(defaults) if isinstance(defaults, Mapping) else defaults  # JSON, or options
+    _field_options[field] = (snapshot, dict(own), merged)
+    return merged
 
 
 def file_id_of(field: Any, instance: models.Model | None) -> str:
@@ -190,8 +206,8 @@ def _create(
             older = lifecycle.supersede_older(
                 RemovalJob(content_type=content_type, object_id=object_id, field_name=field.name)
             )
-        job = RemovalJob(
-            id=job_id,
+        job = RemovalJob.objects.db_manager(using).insert(
+            **({"id": job_id} if job_id is not None else {}),
             content_type=content_type,
             object_id=object_id,
             field_name=field.name,
@@ -208,7 +224,6 @@ def _create(
             updated_at=now,
             finished_at=now if failure else None,
         )
-        RemovalJob.objects.db_manager(using).insert(job)
         if older:
             RemovalJob.objects.filter(pk__in=older, superseded_by__isnull=True).update(
                 superseded_by=job
