@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, TypeVar
 import django
 from django.db import connections, models, router
 from django.db.models.expressions import RawSQL
+from django.db.models.fields import NOT_PROVIDED
 
 _INSERTS: dict[tuple[str, str, bool], tuple[str, list[models.Field]]] = {}
 _PEEKS: dict[tuple[str, str, tuple[str, ...]], str] = {}
@@ -107,8 +108,9 @@ def insert_row(obj: models.Model, *, using: str | None = None) -> models.Model:
 
 def insert_new(model: type[M], values: Mapping[str, Any], *, using: str | None = None) -> M:
     """INSERT a new row of ``model`` from ``values`` (field names to values; a foreign key by
-    its related object or its key) with every other column at its field's default, and return
-    the saved instance, its related objects cached.
+    its saved related object or its key) with every other column at its field's default, and
+    return the saved instance, its related objects cached. For models of plain fields: no
+    ``auto_now``, ``db_default`` or foreign key to a field other than a primary key (refused).
 
     The save path's insert: building the job with ``Model(**kwargs)`` and then reading its
     forty fields back for the parameters cost more than the INSERT itself. Here the statement
@@ -122,6 +124,8 @@ def insert_new(model: type[M], values: Mapping[str, Any], *, using: str | None =
     related = []
     for (index, field), value in zip(plan.given, values.values(), strict=True):
         if isinstance(value, models.Model):
+            if value.pk is None:
+                raise ValueError(f"{field.name}: the {type(value).__name__} is not saved yet.")
             related.append((field, value))
             value = value.pk
         row[index] = value
@@ -163,6 +167,12 @@ def _new_row_plan(
     opts = model._meta
     quote = connection.ops.quote_name
     fields = list(opts.concrete_fields)
+    special = [f.name for f in fields if _not_plain(f)]
+    if special:
+        raise ValueError(
+            f"insert_new writes plain fields only; {opts.label} has {', '.join(special)} "
+            "(auto_now, db_default or a foreign key to a field other than the primary key)."
+        )
     given = [(fields.index(opts.get_field(n)), opts.get_field(n)) for n in names]
     given_fields = {f for _, f in given}
     called: list[tuple[int, models.Field]] = []
@@ -196,12 +206,22 @@ def _new_row_plan(
     return plan
 
 
+def _not_plain(field: models.Field) -> bool:
+    """A field whose value on INSERT is not simply what it is given or its default."""
+    return (
+        getattr(field, "auto_now", False)
+        or getattr(field, "auto_now_add", False)
+        or getattr(field, "db_default", NOT_PROVIDED) is not NOT_PROVIDED
+        or (field.is_relation and field.target_field != field.related_model._meta.pk)
+    )
+
+
 def _literal(field: models.Field, value: Any) -> str | None:
     """A default as SQL text, where it reads the same on every database (NULL, an integer, an
     empty string in a text column), else None: bound like a given value."""
     if value is None:
         return "NULL"
-    if type(value) is int:
+    if type(value) is int and isinstance(field, models.IntegerField):
         return str(value)
     if value == "" and isinstance(field, models.CharField | models.TextField):
         return "''"

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from imagekit_bgremove import queueing, services
 from imagekit_bgremove.compat import task_backends
-from imagekit_bgremove.models import JobStatus, RemovalJob
+from imagekit_bgremove.models import JobStatus, RemovalJob, owner_content_type
 from tests.conftest import make_image, task_backend
 from tests.testapp.models import Product
 
@@ -107,3 +107,41 @@ def test_the_enqueue_thread_keeps_its_connection_while_busy(emulator, background
         connection_created.disconnect(count)
     assert len(seen) == 10
     assert opened.count("imagekit-bgremove-enqueue") <= 1, opened
+
+
+def test_a_task_the_database_refuses_does_not_undo_a_paid_upload(settings, monkeypatch):
+    """The check task of a job just sent is written in the transaction that records ImageKit's
+    answer. If the database refuses that task, the answer must still be recorded: losing it
+    would send the image again, paying twice. (A savepoint keeps the refusal to itself.)"""
+    from django.db import connection as default_connection
+
+    from imagekit_bgremove.services import submission
+
+    settings.TASKS = {"default": {"BACKEND": task_backend("dummy.DummyBackend")}}
+    product = Product.objects.create(name="mug")
+    job = RemovalJob.objects.create(
+        content_type=owner_content_type(Product, "photo"),
+        object_id=str(product.pk),
+        field_name="photo",
+        status=JobStatus.QUEUED,
+        source_name="products/mug.jpg",
+    )
+
+    def answered(job, lease):  # the upload went through and its answer came back
+        answer = {"fileId": "file_new", "filePath": "/mug.jpg", "versionInfo": {"id": "v0"}}
+        return submission._record_submission(job, lease, answer, sent_at=timezone.now())
+
+    def refused_by_the_database(name, *args, **kwargs):
+        with default_connection.cursor() as cursor:
+            cursor.execute("INSERT INTO ikbg_no_such_table VALUES (1)")
+
+    monkeypatch.setattr(submission, "_submit", answered)
+    monkeypatch.setattr(queueing, "_joins_transaction", lambda using: True)
+    monkeypatch.setattr(queueing, "enqueue", refused_by_the_database)
+    submission.submit(job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.file_id, job.submission_uncertain) == (
+        JobStatus.PENDING,
+        "file_new",
+        False,
+    )

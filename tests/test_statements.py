@@ -92,3 +92,37 @@ def test_a_delivery_with_empty_and_null_values_is_stored_as_the_orm_stores_it():
     insert_row(delivery)
     assert _stored(WebhookDelivery, delivery.pk) == _stored(WebhookDelivery, by_orm.pk)
     assert WebhookDelivery.objects.filter(pk=delivery.pk, remote_addr__isnull=True).exists()
+
+
+def test_defaults_that_are_computed_are_computed_per_row():
+    values = _job_values()
+    del values["created_at"], values["updated_at"]  # default: timezone.now
+    before = timezone.now()
+    job = RemovalJob.objects.insert(**values)
+    stored = RemovalJob.objects.get(pk=job.pk)
+    assert before <= stored.created_at <= timezone.now()
+    assert (job.created_at, job.updated_at) == (stored.created_at, stored.updated_at)
+    assert job._state.db == "default"
+
+
+def test_an_unsaved_related_object_is_refused_as_the_orm_refuses_it():
+    with pytest.raises(ValueError, match="retry_of"):
+        RemovalJob.objects.insert(**_job_values(retry_of=RemovalJob()))
+    assert not RemovalJob.objects.exists()
+
+
+def test_field_options_follow_the_settings_exactly(settings):
+    """The field's merged options are kept between saves, but never across a settings change,
+    not even to a value equal to the old one in Python's eyes (1 == True), which is invalid."""
+    from imagekit_bgremove.options import OptionsError
+    from imagekit_bgremove.services.request import field_options
+
+    field = Product._meta.get_field("photo")
+    base = settings.IMAGEKIT_BGREMOVE
+    settings.IMAGEKIT_BGREMOVE = {**base, "DEFAULT_OPTIONS": {"add_shadow": True}}
+    assert field_options(field).add_shadow is True
+    settings.IMAGEKIT_BGREMOVE = {**base, "DEFAULT_OPTIONS": {"add_shadow": 1}}
+    with pytest.raises(OptionsError, match="add_shadow"):
+        field_options(field)
+    settings.IMAGEKIT_BGREMOVE = {**base, "DEFAULT_OPTIONS": {}}
+    assert field_options(field).add_shadow is False

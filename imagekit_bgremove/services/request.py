@@ -79,8 +79,9 @@ def base_options() -> RemoveBgOptions:
     return RemoveBgOptions.coerce(app_settings.DEFAULT_OPTIONS or {})
 
 
-#: field -> (DEFAULT_OPTIONS, remove_bg_options, their validated merge) as last computed.
-_field_options: dict[Any, tuple[Any, dict[str, Any], RemoveBgOptions]] = {}
+#: (field, repr of DEFAULT_OPTIONS, repr of its remove_bg_options) -> their validated merge. By
+#: repr, not equality: True == 1, yet only True is a valid boolean option.
+_field_options: dict[tuple[Any, str, str], RemoveBgOptions] = {}
 
 
 def field_options(field: Any) -> RemoveBgOptions:
@@ -89,14 +90,11 @@ def field_options(field: Any) -> RemoveBgOptions:
     Every save asks, and validating both twice over was a visible part of a save: the merge is
     kept while neither input changes (settings are still read now, so ``override_settings``
     applies). Options are immutable, so callers can share the result."""
-    defaults = app_settings.DEFAULT_OPTIONS or {}
-    own = field.remove_bg_options
-    known = _field_options.get(field)
-    if known is not None and known[0] == defaults and known[1] == own:
-        return known[2]
-    merged = RemoveBgOptions.from_dict(own, base=base_options())
-    snapshot = dict(defaults) if isinstance(defaults, Mapping) else defaults  # JSON, or options
-    _field_options[field] = (snapshot, dict(own), merged)
+    key = (field, repr(app_settings.DEFAULT_OPTIONS), repr(field.remove_bg_options))
+    merged = _field_options.get(key)
+    if merged is None:
+        merged = RemoveBgOptions.from_dict(field.remove_bg_options, base=base_options())
+        _field_options[key] = merged
     return merged
 
 
