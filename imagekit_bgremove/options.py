@@ -156,8 +156,7 @@ class RemoveBgOptions:
 
     def explicit(self) -> dict[str, Any]:
         """Only the options that differ from remove.bg's defaults."""
-        default = RemoveBgOptions()
-        return {k: v for k, v in self.to_dict().items() if getattr(default, k) != v}
+        return {k: v for k, v in self.to_dict().items() if getattr(_DEFAULTS, k) != v}
 
     def to_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict, whose deep copy of four scalars was a visible part of a save.

@@ -14,7 +14,6 @@ from django.db import connections, models, router
 from django.db.models.expressions import RawSQL
 from django.db.models.fields import NOT_PROVIDED
 
-_INSERTS: dict[tuple[str, str, bool], tuple[str, list[models.Field]]] = {}
 _PEEKS: dict[tuple[str, str, tuple[str, ...]], str] = {}
 _TRANSITIONS: dict[tuple[Any, ...], tuple[str, list[Any], list[Any]]] = {}
 _COLUMN_UPDATES: dict[tuple[str, str, str], str] = {}
@@ -85,22 +84,17 @@ except ImportError:  # psycopg2, or no PostgreSQL driver at all
 
 
 def insert_row(obj: models.Model, *, using: str | None = None) -> models.Model:
-    """INSERT ``obj`` (one of this app's rows) with a statement built once per model and
-    database; the hot paths' replacement for ``save(force_insert=True)``, whose compilation cost
-    more than the statement. No signals are sent."""
+    """INSERT ``obj`` (one of this app's rows, built beforehand) with every column bound, by the
+    statement ``insert_new`` builds for the same columns; the hot paths' replacement for
+    ``save(force_insert=True)``, whose compilation cost more than the statement. No signals
+    are sent."""
     model = type(obj)
     alias = using or router.db_for_write(model)
-    connection = connections[alias]
-    sql, fields = _insert_statement(connection, model, with_pk=obj.pk is not None)
-    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
-    with hot_cursor(connection) as cursor:
-        cursor.execute(sql, params)
-        if obj.pk is None:
-            if connection.features.can_return_columns_from_insert:
-                obj.pk = cursor.fetchone()[0]
-            else:
-                opts = model._meta
-                obj.pk = connection.ops.last_insert_id(cursor, opts.db_table, opts.pk.column)
+    fields = [f for f in model._meta.concrete_fields if obj.pk is not None or not f.primary_key]
+    plan, row, _ = _write_row(
+        connections[alias], model, {f.attname: f.pre_save(obj, True) for f in fields}
+    )
+    obj.pk = row[plan.pk_index]
     obj._state.adding = False
     obj._state.db = alias
     return obj
@@ -117,7 +111,20 @@ def insert_new(model: type[M], values: Mapping[str, Any], *, using: str | None =
     writes the defaults as literals, only the given values are bound, and the instance is built
     positionally, as Django builds the rows it reads."""
     alias = using or router.db_for_write(model)
-    connection = connections[alias]
+    _, row, related = _write_row(connections[alias], model, values)
+    obj = model(*row)
+    obj._state.adding = False
+    obj._state.db = alias
+    for field, value in related:
+        field.set_cached_value(obj, value)
+    return obj
+
+
+def _write_row(
+    connection: Any, model: type[models.Model], values: Mapping[str, Any]
+) -> tuple[_NewRowPlan, list[Any], list[tuple[models.Field, models.Model]]]:
+    """Run the INSERT of ``values``; the plan, the row as stored (in concrete field order, the
+    primary key included) and the related objects that were given."""
     plan = _new_row_plan(connection, model, tuple(values))
     row = list(plan.defaults)
     params = []
@@ -141,12 +148,7 @@ def insert_new(model: type[M], values: Mapping[str, Any], *, using: str | None =
             else:
                 table, column = model._meta.db_table, model._meta.pk.column
                 row[plan.pk_index] = connection.ops.last_insert_id(cursor, table, column)
-    obj = model(*row)
-    obj._state.adding = False
-    obj._state.db = alias
-    for field, value in related:
-        field.set_cached_value(obj, value)
-    return obj
+    return plan, row, related
 
 
 class _NewRowPlan(NamedTuple):
@@ -226,24 +228,6 @@ def _literal(field: models.Field, value: Any) -> str | None:
     if value == "" and isinstance(field, models.CharField | models.TextField):
         return "''"
     return None
-
-
-def _insert_statement(
-    connection: Any, model: type[models.Model], *, with_pk: bool = False
-) -> tuple[str, list[Any]]:
-    key = (connection.alias, model._meta.label, with_pk)
-    if key not in _INSERTS:
-        quote = connection.ops.quote_name
-        fields = [f for f in model._meta.concrete_fields if with_pk or not f.primary_key]
-        sql = (
-            f"INSERT INTO {quote(model._meta.db_table)} "  # noqa: S608 - our own names, quoted
-            f"({', '.join(quote(f.column) for f in fields)}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))})"
-        )
-        if connection.features.can_return_columns_from_insert and not with_pk:
-            sql += f" RETURNING {quote(model._meta.pk.column)}"
-        _INSERTS[key] = (sql, fields)
-    return _INSERTS[key]
 
 
 def select_with_waiters(

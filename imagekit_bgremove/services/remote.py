@@ -16,6 +16,7 @@ from ..callback import CallbackError, RemoteFile, parse_file
 from ..conf import app_settings
 from ..exceptions import ImageKitError
 from ..models import RemovalJob
+from .request import RequestError, removal_field
 
 _IMAGEKIT_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -43,8 +44,6 @@ def upload_folder(field: Any) -> str:
 def find_upload(job: RemovalJob) -> dict[str, Any] | None:
     """The file that ``job``'s upload stored at ImageKit, looked up by its name (for an upload
     whose answer was lost), or None; the job's object may be gone, its model is enough."""
-    from .request import RequestError, removal_field
-
     model = lifecycle.target_model(job)
     try:
         folder = upload_folder(removal_field(model, job.field_name)) if model else None
