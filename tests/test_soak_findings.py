@@ -8,6 +8,7 @@ content, options); each of these pays twice for one of them without ``force``.
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -371,3 +372,63 @@ def test_a_check_past_the_deadline_is_not_due_at_once(dummy_tasks, run_on_commit
     assert check.task.run_after >= now + timedelta(
         seconds=float(app_settings.RECONCILE_AFTER_SECONDS)
     )
+
+
+# ------------------------------------------------------------------------------------ finding 6
+# The 60-image RQ soak (CI, twice): an upload no job owned, while its job had succeeded with
+# another file. ImageKit stored the result as a new file, and its callback came before the
+# upload's answer: the job took the result's file for the original it uploaded.
+
+
+def _the_upload(emulator) -> dict:
+    (upload,) = uploads(emulator)
+    return upload
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_result_called_back_before_the_uploads_answer_keeps_the_upload_as_the_source(
+    live_emulator,
+):
+    set_faults(
+        live_emulator,
+        answer_late_rate=1.0,
+        answer_late_seconds=4.0,
+        endpoints=["upload"],
+        result_as_new_file_rate=1.0,
+    )
+    # The submit task runs inside the save (ImmediateBackend): the callback reaches the live
+    # server while the upload's answer is held back.
+    product = Product.objects.create(photo=ContentFile(image_bytes(seed=61), name="early.png"))
+    answered_ms = time.time() * 1000
+    job = jobs_of(product).get()
+    assert job.status == JobStatus.SUCCEEDED, (job.status, job.error_message)
+    (callback,) = live_emulator.state()["callbacks"]
+    assert callback["attempts"][0]["sentAtMs"] < answered_ms - 1000  # before the answer
+    upload = _the_upload(live_emulator)
+    assert job.file_id == upload["fileId"] != job.result_file_id
+    assert job.file_path == upload["filePath"]
+
+
+def test_a_result_for_an_upload_whose_answer_was_lost_keeps_the_upload_as_the_source(
+    emulator, dummy_tasks
+):
+    set_faults(
+        emulator,
+        answer_drop_rate=1.0,
+        endpoints=["upload"],
+        max_api_faults=1,
+        result_as_new_file_rate=1.0,
+        lost_rate=1.0,
+    )
+    product = Product.objects.create(photo=ContentFile(image_bytes(seed=62), name="lost.png"))
+    job = jobs_of(product).get()
+    assert services.submit(job.pk) == "retry"  # stored at ImageKit, answer lost
+    assert emulator.wait_idle(20)
+    (callback,) = emulator.state()["callbacks"]
+    services.apply_callback(job.pk, callback["payload"])
+    assert services.finalize(job.pk) == "succeeded"
+    job.refresh_from_db()
+    upload = _the_upload(emulator)
+    assert job.file_id == upload["fileId"] != job.result_file_id
+    assert job.file_path == upload["filePath"]
+    assert len(uploads(emulator)) == 1 and paid_runs(emulator) == 1

@@ -81,6 +81,7 @@ def _remove_partial(job: RemovalJob, storage: Any) -> None:
 
 
 def _finalize(job: RemovalJob, lease: int, storage: Any) -> str:
+    _record_lost_upload(job)
     result = _result_to_fetch(job)
     if not app_settings.COPY_RESULT:
         return "succeeded" if _succeed(job, lease, result) else "lost"
@@ -108,6 +109,24 @@ def _finalize(job: RemovalJob, lease: int, storage: Any) -> str:
     storage.delete(stored)
     RemovalJob.objects.filter(pk=job.pk, partial_result_name=stored).update(partial_result_name="")
     return "lost"
+
+
+def _record_lost_upload(job: RemovalJob) -> None:
+    """Name the original's file at ImageKit on a job whose upload answer was lost and whose
+    result came as a file of its own (so the callback could not name the original): looked up
+    by the upload's name. Best effort: the result does not depend on it."""
+    if job.file_id or not job.source_name or job.duplicate_of_id is not None:
+        return
+    try:
+        stored = remote.find_upload(job)
+    except ImageKitError as exc:
+        logger.warning("job %s: its upload could not be looked up: %s", job.pk, exc)
+        return
+    if stored and stored.get("fileId"):
+        RemovalJob.objects.filter(pk=job.pk, file_id="").update(
+            file_id=str(stored["fileId"])[:100],
+            file_path=str(stored.get("filePath") or "")[:500],
+        )
 
 
 def fetch_result(url: str) -> tuple[bytes, str]:

@@ -37,6 +37,13 @@ def upload_name(job: RemovalJob) -> str:
     return f"{stem or 'image'}__ikbg{job.pk}{ext or '.jpg'}"
 
 
+def is_upload_of(job: RemovalJob, found: RemoteFile) -> bool:
+    """Whether ``found`` is the file that ``job``'s upload stored (its name carries the job's
+    mark from ``upload_name``), not a result that ImageKit stored as a file of its own."""
+    name = found.name or posixpath.basename(found.file_path)
+    return re.search(rf"__ikbg{job.pk}\.[A-Za-z0-9_-]*$", name) is not None
+
+
 def upload_folder(field: Any) -> str:
     return field.imagekit_folder or app_settings.FOLDER
 

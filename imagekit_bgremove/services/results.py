@@ -23,6 +23,7 @@ from .. import lifecycle, queueing
 from ..callback import Callback, RemoteFile, parse_callback
 from ..conf import app_settings
 from ..models import JobStatus, RemovalJob
+from . import remote
 
 #: States a result may arrive in. ``queued``: a submission whose answer was lost took effect.
 #: ``failed`` is added when the result can be trusted (see ``_accept_result``).
@@ -220,9 +221,16 @@ def _accept_result(
             )
         sources.append(JobStatus.FAILED)
     changes: dict[str, Any] = result.job_fields()
-    if not job.file_id:
+    # A result that came before the upload's answer names the uploaded file only when it is
+    # a new version of it; a result stored as a file of its own leaves the original for the
+    # answer, or for finalize to look up.
+    if not job.file_id and remote.is_upload_of(job, result):
         changes["file_id"] = result.file_id
-    if result.file_path and not job.file_path:
+    if (
+        result.file_path
+        and not job.file_path
+        and result.file_id == changes.get("file_id", job.file_id)
+    ):
         changes["file_path"] = result.file_path
     changes.update(
         submission_uncertain=False,
