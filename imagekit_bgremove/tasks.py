@@ -12,6 +12,7 @@ queue from the settings of that moment (``queueing.enqueue``).
 from __future__ import annotations
 
 from django.conf import settings
+from django.db import connections
 
 from . import queueing
 from .compat import task
@@ -36,11 +37,22 @@ def _bindable() -> tuple[str, str]:
 _BACKEND, _QUEUE = _bindable()
 
 
+def _usable_connections() -> None:
+    """What Django does before each request, before each task: drop the connections that broke
+    (a database restart) or outlived ``CONN_MAX_AGE``. A worker that runs every task in one
+    long-lived process (rq's ``SimpleWorker``) would otherwise fail every task after a database
+    restart. Never inside a transaction: ``ImmediateBackend`` runs a task inside its caller's."""
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
+
+
 @queueing.register
 @task(backend=_BACKEND, queue_name=_QUEUE)
 def submit_removal(job_id: int) -> str:
     from . import services
 
+    _usable_connections()
     return services.submit(int(job_id))
 
 
@@ -49,6 +61,7 @@ def submit_removal(job_id: int) -> str:
 def finalize_removal(job_id: int) -> str:
     from . import services
 
+    _usable_connections()
     return services.finalize(int(job_id))
 
 
@@ -57,6 +70,7 @@ def finalize_removal(job_id: int) -> str:
 def check_removal(job_id: int) -> str:
     from . import services
 
+    _usable_connections()
     return services.check(int(job_id))
 
 
@@ -65,4 +79,5 @@ def check_removal(job_id: int) -> str:
 def reconcile_removals() -> dict[str, int]:
     from . import services
 
+    _usable_connections()
     return services.reconcile()

@@ -207,3 +207,34 @@ def test_database_backend_and_db_worker(emulator, tmp_path):
     assert manage("shell", "-c", SHOW) == "pending True 2"
     assert len(uploads(emulator)) == 1
     assert manage("shell", "-c", CHECK) == "READY True True"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_that_runs_every_task_in_one_process_outlives_a_dropped_connection():
+    # rq's SimpleWorker runs every task in the worker process itself, with a connection kept
+    # between tasks (CONN_MAX_AGE) and health checks on, as the example project configures
+    # them. A database restart drops that connection; the next task must not inherit it.
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (set DATABASE_URL)")
+    saved = dict(connection.settings_dict)
+    connection.close()
+    connection.settings_dict.update(CONN_MAX_AGE=None, CONN_HEALTH_CHECKS=True)
+    try:
+        tasks.reconcile_removals.call()
+        backend_pid = connection.connection.info.backend_pid
+        admin = connections.create_connection("default")
+        try:
+            with admin.cursor() as cursor:  # what a restart does to every session
+                cursor.execute("SELECT pg_terminate_backend(%s)", [backend_pid])
+        finally:
+            admin.close()
+        summary = tasks.reconcile_removals.call()
+        assert summary["overdue"] == 0
+        assert connection.connection.info.backend_pid != backend_pid
+    finally:
+        connection.close()
+        connection.settings_dict.clear()
+        connection.settings_dict.update(saved)
