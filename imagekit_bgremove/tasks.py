@@ -38,13 +38,22 @@ _BACKEND, _QUEUE = _bindable()
 
 
 def _usable_connections() -> None:
-    """What Django does before each request, before each task: drop the connections that broke
-    (a database restart) or outlived ``CONN_MAX_AGE``. A worker that runs every task in one
-    long-lived process (rq's ``SimpleWorker``) would otherwise fail every task after a database
-    restart. Never inside a transaction: ``ImmediateBackend`` runs a task inside its caller's."""
+    """Drop the connections that broke (a database restart), as Django does before a request:
+    a worker that runs every task in one long-lived process (rq's ``SimpleWorker``) would
+    otherwise fail every task after a restart. A task may run inside its caller (an
+    ``ImmediateBackend`` runs it on commit, while the caller may still be reading rows), so a
+    connection that works is never closed here, not even past ``CONN_MAX_AGE``: it is only
+    marked for the health check (``CONN_HEALTH_CHECKS``) at its next use, which reconnects
+    before the first query instead of failing it."""
     for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:
-            connection.close_if_unusable_or_obsolete()
+        if connection.connection is None or connection.in_atomic_block:
+            continue
+        if connection.errors_occurred:
+            if not connection.is_usable():
+                connection.close()
+                continue
+            connection.errors_occurred = False
+        connection.health_check_done = False
 
 
 @queueing.register

@@ -420,15 +420,21 @@ def test_a_result_for_an_upload_whose_answer_was_lost_keeps_the_upload_as_the_so
         result_as_new_file_rate=1.0,
         lost_rate=1.0,
     )
-    product = Product.objects.create(photo=ContentFile(image_bytes(seed=62), name="lost.png"))
+    data = image_bytes(seed=62)
+    product = Product.objects.create(photo=ContentFile(data, name="lost.png"))
     job = jobs_of(product).get()
     assert services.submit(job.pk) == "retry"  # stored at ImageKit, answer lost
+    twin = Product.objects.create(photo=ContentFile(data, name="lost-twin.png"))
+    twin_job = jobs_of(twin).get()
+    assert services.submit(twin_job.pk) == "waiting"
     assert emulator.wait_idle(20)
     (callback,) = emulator.state()["callbacks"]
-    services.apply_callback(job.pk, callback["payload"])
+    services.apply_callback(job.pk, callback["payload"])  # the twin takes the result too
     assert services.finalize(job.pk) == "succeeded"
-    job.refresh_from_db()
+    assert services.finalize(twin_job.pk) == "succeeded"
     upload = _the_upload(emulator)
-    assert job.file_id == upload["fileId"] != job.result_file_id
-    assert job.file_path == upload["filePath"]
+    for settled in (job, twin_job):
+        settled.refresh_from_db()
+        assert settled.file_id == upload["fileId"] != settled.result_file_id
+        assert settled.file_path == upload["filePath"]
     assert len(uploads(emulator)) == 1 and paid_runs(emulator) == 1

@@ -238,3 +238,27 @@ def test_a_worker_that_runs_every_task_in_one_process_outlives_a_dropped_connect
         connection.close()
         connection.settings_dict.clear()
         connection.settings_dict.update(saved)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_tasks_run_inside_a_command_leave_its_connection_alone(settings):
+    # retry_removals reads the failed jobs with a cursor while each retry's submit task runs
+    # on commit, inside the command (ImmediateBackend): the tasks must not close the
+    # connection that cursor lives on.
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from imagekit_bgremove.models import Trigger
+
+    settings.TASKS = {"default": {"BACKEND": task_backend("dummy.DummyBackend")}}
+    for number in range(3):
+        Product.objects.create(photo=make_image(f"retry{number}.png", seed=70 + number))
+    RemovalJob.objects.update(
+        status=JobStatus.FAILED, finished_at=timezone.now(), error_code="removal_failed"
+    )
+    settings.TASKS = {"default": {"BACKEND": task_backend("immediate.ImmediateBackend")}}
+    out = StringIO()
+    call_command("retry_removals", stdout=out, stderr=out)
+    assert "Retried 3 job(s)" in out.getvalue()
+    assert RemovalJob.objects.filter(trigger=Trigger.RETRY).count() == 3

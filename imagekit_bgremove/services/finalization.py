@@ -123,9 +123,8 @@ def _record_lost_upload(job: RemovalJob) -> None:
         logger.warning("job %s: its upload could not be looked up: %s", job.pk, exc)
         return
     if stored and stored.get("fileId"):
-        RemovalJob.objects.filter(pk=job.pk, file_id="").update(
-            file_id=str(stored["fileId"])[:100],
-            file_path=str(stored.get("filePath") or "")[:500],
+        lifecycle.record_source_file(
+            job.pk, str(stored["fileId"]), str(stored.get("filePath") or "")
         )
 
 

@@ -325,9 +325,7 @@ def _record_submission(
             schedule_check(job.pk, now, now)
     if not moved:
         # A callback settled the job while we were submitting: only record what ImageKit said.
-        RemovalJob.objects.filter(pk=job.pk, file_id="").update(
-            file_id=file_fields["file_id"], file_path=file_fields["file_path"]
-        )
+        lifecycle.record_source_file(job.pk, file_fields["file_id"], file_fields["file_path"])
         RemovalJob.objects.filter(pk=job.pk, source_version_id="").update(
             source_version_id=file_fields["source_version_id"], submitted_at=now
         )
