@@ -438,3 +438,29 @@ def test_a_result_for_an_upload_whose_answer_was_lost_keeps_the_upload_as_the_so
         assert settled.file_id == upload["fileId"] != settled.result_file_id
         assert settled.file_path == upload["filePath"]
     assert len(uploads(emulator)) == 1 and paid_runs(emulator) == 1
+
+
+def test_an_original_the_lookup_missed_is_found_by_reconcile(emulator, dummy_tasks):
+    set_faults(
+        emulator,
+        answer_drop_rate=1.0,
+        endpoints=["upload"],
+        max_api_faults=1,
+        result_as_new_file_rate=1.0,
+        lost_rate=1.0,
+    )
+    product = Product.objects.create(photo=ContentFile(image_bytes(seed=63), name="missed.png"))
+    job = jobs_of(product).get()
+    assert services.submit(job.pk) == "retry"
+    assert emulator.wait_idle(20)
+    (callback,) = emulator.state()["callbacks"]
+    services.apply_callback(job.pk, callback["payload"])
+    set_faults(emulator, error_rate_5xx=1.0, endpoints=["list_files"], lost_rate=1.0)
+    assert services.finalize(job.pk) == "succeeded"  # the result does not wait for the lookup
+    job.refresh_from_db()
+    assert job.file_id == ""
+    set_faults(emulator, lost_rate=1.0)
+    assert services.reconcile()["originals_found"] == 1
+    job.refresh_from_db()
+    assert job.file_id == _the_upload(emulator)["fileId"]
+    assert services.reconcile()["originals_found"] == 0  # asked once, not at every run

@@ -224,6 +224,36 @@ def _remove_orphaned_partials() -> int:
     return removed
 
 
+def _find_lost_originals(since: datetime) -> int:
+    """Jobs that have their result but not the file their upload made at ImageKit: the upload's
+    answer was lost, the result came as a file of its own, and finalize's lookup missed it
+    (ImageKit's search lags behind an upload). Looked up again at each run, for
+    ``PENDING_DEADLINE_SECONDS`` after the job finished."""
+    found = 0
+    lost = (
+        RemovalJob.objects.filter(
+            status=JobStatus.SUCCEEDED,
+            file_id="",
+            duplicate_of__isnull=True,
+            finished_at__gte=since,
+        )
+        .exclude(source_name="")
+        .order_by("pk")[:100]
+    )
+    for job in lost:
+        try:
+            stored = remote.find_upload(job)
+        except ImageKitError as exc:
+            logger.warning("job %s: its upload could not be looked up: %s", job.pk, exc)
+            continue
+        if stored and stored.get("fileId"):
+            lifecycle.record_source_file(
+                job.pk, str(stored["fileId"]), str(stored.get("filePath") or "")
+            )
+            found += 1
+    return found
+
+
 def reconcile(now: datetime | None = None) -> dict[str, int]:
     """Settle what callbacks, queues and dead workers left behind. Returns counts."""
     now = now or timezone.now()
@@ -241,6 +271,7 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
             "finalize_requeued",
             "waiting_settled",
             "partials_removed",
+            "originals_found",
             "errors",
         ),
         0,
@@ -316,4 +347,5 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
             summary["errors"] += 1
 
     summary["partials_removed"] = _remove_orphaned_partials()
+    summary["originals_found"] = _find_lost_originals(deadline)
     return summary
