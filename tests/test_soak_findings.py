@@ -409,9 +409,10 @@ def test_a_result_called_back_before_the_uploads_answer_keeps_the_upload_as_the_
     assert job.file_path == upload["filePath"]
 
 
-def test_a_result_for_an_upload_whose_answer_was_lost_keeps_the_upload_as_the_source(
-    emulator, dummy_tasks
-):
+def _lost_answer_then_a_result_as_its_own_file(emulator, seed: int, name: str):
+    """A product whose upload is stored at ImageKit but whose answer is lost; ImageKit stores
+    the result as a file of its own (its callback is recorded, not delivered). Returns the
+    product and its job."""
     set_faults(
         emulator,
         answer_drop_rate=1.0,
@@ -420,16 +421,27 @@ def test_a_result_for_an_upload_whose_answer_was_lost_keeps_the_upload_as_the_so
         result_as_new_file_rate=1.0,
         lost_rate=1.0,
     )
-    data = image_bytes(seed=62)
-    product = Product.objects.create(photo=ContentFile(data, name="lost.png"))
+    product = Product.objects.create(photo=ContentFile(image_bytes(seed=seed), name=name))
     job = jobs_of(product).get()
     assert services.submit(job.pk) == "retry"  # stored at ImageKit, answer lost
-    twin = Product.objects.create(photo=ContentFile(data, name="lost-twin.png"))
-    twin_job = jobs_of(twin).get()
-    assert services.submit(twin_job.pk) == "waiting"
+    return product, job
+
+
+def _the_callback(emulator) -> dict:
     assert emulator.wait_idle(20)
     (callback,) = emulator.state()["callbacks"]
-    services.apply_callback(job.pk, callback["payload"])  # the twin takes the result too
+    return callback["payload"]
+
+
+def test_a_result_for_an_upload_whose_answer_was_lost_keeps_the_upload_as_the_source(
+    emulator, dummy_tasks
+):
+    product, job = _lost_answer_then_a_result_as_its_own_file(emulator, 62, "lost.png")
+    with product.photo.open("rb") as fh:
+        twin = Product.objects.create(photo=ContentFile(fh.read(), name="lost-twin.png"))
+    twin_job = jobs_of(twin).get()
+    assert services.submit(twin_job.pk) == "waiting"
+    services.apply_callback(job.pk, _the_callback(emulator))  # the twin takes the result too
     assert services.finalize(job.pk) == "succeeded"
     assert services.finalize(twin_job.pk) == "succeeded"
     upload = _the_upload(emulator)
@@ -441,20 +453,8 @@ def test_a_result_for_an_upload_whose_answer_was_lost_keeps_the_upload_as_the_so
 
 
 def test_an_original_the_lookup_missed_is_found_by_reconcile(emulator, dummy_tasks):
-    set_faults(
-        emulator,
-        answer_drop_rate=1.0,
-        endpoints=["upload"],
-        max_api_faults=1,
-        result_as_new_file_rate=1.0,
-        lost_rate=1.0,
-    )
-    product = Product.objects.create(photo=ContentFile(image_bytes(seed=63), name="missed.png"))
-    job = jobs_of(product).get()
-    assert services.submit(job.pk) == "retry"
-    assert emulator.wait_idle(20)
-    (callback,) = emulator.state()["callbacks"]
-    services.apply_callback(job.pk, callback["payload"])
+    _, job = _lost_answer_then_a_result_as_its_own_file(emulator, 63, "missed.png")
+    services.apply_callback(job.pk, _the_callback(emulator))
     set_faults(emulator, error_rate_5xx=1.0, endpoints=["list_files"], lost_rate=1.0)
     assert services.finalize(job.pk) == "succeeded"  # the result does not wait for the lookup
     job.refresh_from_db()

@@ -112,20 +112,10 @@ def _finalize(job: RemovalJob, lease: int, storage: Any) -> str:
 
 
 def _record_lost_upload(job: RemovalJob) -> None:
-    """Name the original's file at ImageKit on a job whose upload answer was lost and whose
-    result came as a file of its own (so the callback could not name the original): looked up
-    by the upload's name. Best effort: the result does not depend on it."""
-    if job.file_id or not job.source_name or job.duplicate_of_id is not None:
-        return
-    try:
-        stored = remote.find_upload(job)
-    except ImageKitError as exc:
-        logger.warning("job %s: its upload could not be looked up: %s", job.pk, exc)
-        return
-    if stored and stored.get("fileId"):
-        lifecycle.record_source_file(
-            job.pk, str(stored["fileId"]), str(stored.get("filePath") or "")
-        )
+    """A result that came as a file of its own, after the upload's answer was lost, could not
+    name the original: ask ImageKit for it now (reconcile asks again if this misses)."""
+    if not job.file_id and job.source_name and job.duplicate_of_id is None:
+        remote.record_lost_original(job)
 
 
 def fetch_result(url: str) -> tuple[bytes, str]:

@@ -241,16 +241,7 @@ def _find_lost_originals(since: datetime) -> int:
         .order_by("pk")[:100]
     )
     for job in lost:
-        try:
-            stored = remote.find_upload(job)
-        except ImageKitError as exc:
-            logger.warning("job %s: its upload could not be looked up: %s", job.pk, exc)
-            continue
-        if stored and stored.get("fileId"):
-            lifecycle.record_source_file(
-                job.pk, str(stored["fileId"]), str(stored.get("filePath") or "")
-            )
-            found += 1
+        found += remote.record_lost_original(job)
     return found
 
 

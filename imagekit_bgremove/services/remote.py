@@ -6,6 +6,7 @@ functions instead of the client directly where they need ImageKit's view of a jo
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import re
 from datetime import datetime, timedelta
@@ -17,6 +18,8 @@ from ..conf import app_settings
 from ..exceptions import ImageKitError
 from ..models import RemovalJob
 from .request import RequestError, removal_field
+
+logger = logging.getLogger(__name__)
 
 _IMAGEKIT_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -59,6 +62,22 @@ def find_upload(job: RemovalJob) -> dict[str, Any] | None:
     # The model or its field is gone since: the default folder is the best guess, and a miss
     # only means that the identical image waiting on this job pays for its own run.
     return client().find_file(folder or app_settings.FOLDER, upload_name(job))
+
+
+def record_lost_original(job: RemovalJob) -> bool:
+    """Look up the file ``job``'s upload made at ImageKit and record it on the job (and the
+    identical jobs that took its result), for a job that got its result without it: the
+    upload's answer was lost and the result came as a file of its own. Best effort: a failed
+    lookup is logged. Returns whether the file was found."""
+    try:
+        stored = find_upload(job)
+    except ImageKitError as exc:
+        logger.warning("job %s: its upload could not be looked up: %s", job.pk, exc)
+        return False
+    if not (stored and stored.get("fileId")):
+        return False
+    lifecycle.record_source_file(job.pk, str(stored["fileId"]), str(stored.get("filePath") or ""))
+    return True
 
 
 def original_bytes_url(url: str) -> str:
