@@ -81,7 +81,9 @@ def _remove_partial(job: RemovalJob, storage: Any) -> None:
 
 
 def _finalize(job: RemovalJob, lease: int, storage: Any) -> str:
-    _record_lost_upload(job)
+    # A result that came as a file of its own after the upload's answer was lost could not
+    # name the original: ask ImageKit for it now (reconcile asks again if this misses).
+    remote.record_lost_original(job)
     result = _result_to_fetch(job)
     if not app_settings.COPY_RESULT:
         return "succeeded" if _succeed(job, lease, result) else "lost"
@@ -109,13 +111,6 @@ def _finalize(job: RemovalJob, lease: int, storage: Any) -> str:
     storage.delete(stored)
     RemovalJob.objects.filter(pk=job.pk, partial_result_name=stored).update(partial_result_name="")
     return "lost"
-
-
-def _record_lost_upload(job: RemovalJob) -> None:
-    """A result that came as a file of its own, after the upload's answer was lost, could not
-    name the original: ask ImageKit for it now (reconcile asks again if this misses)."""
-    if not job.file_id and job.source_name and job.duplicate_of_id is None:
-        remote.record_lost_original(job)
 
 
 def fetch_result(url: str) -> tuple[bytes, str]:

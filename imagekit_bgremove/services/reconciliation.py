@@ -228,21 +228,12 @@ def _find_lost_originals(since: datetime) -> int:
     """Jobs that have their result but not the file their upload made at ImageKit: the upload's
     answer was lost, the result came as a file of its own, and finalize's lookup missed it
     (ImageKit's search lags behind an upload). Looked up again at each run, for
-    ``PENDING_DEADLINE_SECONDS`` after the job finished."""
-    found = 0
-    lost = (
-        RemovalJob.objects.filter(
-            status=JobStatus.SUCCEEDED,
-            file_id="",
-            duplicate_of__isnull=True,
-            finished_at__gte=since,
-        )
-        .exclude(source_name="")
-        .order_by("pk")[:100]
-    )
-    for job in lost:
-        found += remote.record_lost_original(job)
-    return found
+    ``PENDING_DEADLINE_SECONDS`` after the job finished (its last move: ``updated_at``, so the
+    status index bounds the scan to that window, not to every job that ever succeeded)."""
+    lost = RemovalJob.objects.filter(
+        status=JobStatus.SUCCEEDED, updated_at__gte=since, file_id="", duplicate_of__isnull=True
+    ).exclude(source_name="")
+    return sum(remote.record_lost_original(job) for job in lost.order_by("pk")[:100])
 
 
 def reconcile(now: datetime | None = None) -> dict[str, int]:

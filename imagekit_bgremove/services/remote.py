@@ -67,8 +67,11 @@ def find_upload(job: RemovalJob) -> dict[str, Any] | None:
 def record_lost_original(job: RemovalJob) -> bool:
     """Look up the file ``job``'s upload made at ImageKit and record it on the job (and the
     identical jobs that took its result), for a job that got its result without it: the
-    upload's answer was lost and the result came as a file of its own. Best effort: a failed
-    lookup is logged. Returns whether the file was found."""
+    upload's answer was lost and the result came as a file of its own. A job that knows its
+    file, uploaded nothing (a fileId job) or shares another's result is left alone. Best
+    effort: a failed lookup is logged. Returns whether the file was found."""
+    if job.file_id or not job.source_name or job.duplicate_of_id is not None:
+        return False
     try:
         stored = find_upload(job)
     except ImageKitError as exc:

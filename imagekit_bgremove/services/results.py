@@ -224,13 +224,10 @@ def _accept_result(
     # A result that came before the upload's answer names the uploaded file only when it is
     # a new version of it; a result stored as a file of its own leaves the original for the
     # answer, or for finalize to look up.
-    if not job.file_id and remote.is_upload_of(job, result):
-        changes["file_id"] = result.file_id
-    if (
-        result.file_path
-        and not job.file_path
-        and result.file_id == changes.get("file_id", job.file_id)
-    ):
+    original = job.file_id
+    if not original and remote.is_upload_of(job, result):
+        original = changes["file_id"] = result.file_id
+    if result.file_path and not job.file_path and result.file_id == original:
         changes["file_path"] = result.file_path
     changes.update(
         submission_uncertain=False,
