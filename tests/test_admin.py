@@ -842,3 +842,13 @@ def test_badge_colours_keep_white_text_readable():
 def test_status_json_is_json(client, staff):
     response = client.get("/admin/testapp/product/removal-status/")
     assert json.loads(response.content) == {"objects": {}, "unfinished": 0}
+
+
+def test_delivery_page_shows_the_headers_once(client, staff):
+    delivery = WebhookDelivery.objects.create(
+        verdict=DeliveryVerdict.ACCEPTED, status_code=200, body="{}", headers={"x-test": "1"}
+    )
+    html = client.get(f"/admin/imagekit_bgremove/webhookdelivery/{delivery.pk}/change/")
+    html = html.content.decode()
+    assert len(re.findall(r"<label>Headers:</label>", html, re.IGNORECASE)) == 1
+    assert "<code>1</code>" in html

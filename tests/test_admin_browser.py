@@ -13,6 +13,7 @@ import re
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import User
+from django.contrib.contenttypes.models import ContentType
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404
@@ -361,3 +362,46 @@ def test_jobs_admin_refuses_a_change_post(staff_page):
     assert (job.status, job.error_message) == (JobStatus.SUCCEEDED, "")
     assert [e for e in page.console_errors if "403" not in e] == []
     assert product.pk
+
+
+def test_object_page_history_follows_the_preview_live(staff_page, live_emulator):
+    page = staff_page
+    set_faults(live_emulator, delay_seconds=[3.0, 3.0])  # the callback comes 3 s late
+    product = new_product("Bowl", 3, save=True)
+    page.goto(f"{page.base}/admin/testapp/product/{product.pk}/change/")
+    marked(page)
+    history = page.locator("#ikbg-history-group tbody tr").first
+    assert "Succeeded" not in history.inner_text()
+    # The admin's table text size (13px), not the 16px of Django's inline tables.
+    assert history.locator("td").first.evaluate("td => getComputedStyle(td).fontSize") == "13px"
+    page.shots.take("running")
+    page.wait_for_selector(".ikbg-preview .ikbg-s-succeeded", **EXPECT)
+    page.wait_for_selector("#ikbg-history-group tbody tr .ikbg-s-succeeded", timeout=5_000)
+    assert still_marked(page)
+    assert page.locator("#ikbg-history-group .ikbg-s-succeeded").count() == 1
+    audit(page)
+    page.shots.take("succeeded")
+    assert page.console_errors == []
+
+
+def test_a_long_error_stays_on_the_page(staff_page):
+    page = staff_page
+    product = new_product("Crate", 1)
+    long_word = "https://ik.example/" + "x" * 600
+    job = RemovalJob.objects.create(
+        content_type=ContentType.objects.get_for_model(Product),
+        object_id=str(product.pk),
+        field_name="photo",
+        status=JobStatus.FAILED,
+        error_code="remove_bg_failed",
+        error_message=f"remove.bg refused {long_word}",
+        error_details={"message": long_word, "nested": {"help": long_word}},
+    )
+    fits = "() => document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    for url in (
+        f"/admin/imagekit_bgremove/removaljob/{job.pk}/change/",
+        f"/admin/testapp/product/{product.pk}/change/",
+    ):
+        page.goto(page.base + url)
+        assert page.evaluate(fits), url
+        page.shots.take(url.split("/")[3])

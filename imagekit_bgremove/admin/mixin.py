@@ -355,6 +355,12 @@ class BackgroundRemovalAdminMixin:
         context.update(self.removal_history(request, obj))
         return context
 
+    def render_removal_history(self, request, obj) -> str:
+        return render_to_string(
+            "admin/imagekit_bgremove/mixin/removal_history.html",
+            {"ikbg": self.removal_history(request, obj)},
+        )
+
     def removal_history(self, request, obj) -> dict[str, Any]:
         """The object's jobs, newest first: one query (two when there are more than shown)."""
         size = self.removal_history_size
