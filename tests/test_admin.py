@@ -714,9 +714,20 @@ def test_job_admin_lists_objects_and_deleted_ones(client, staff):
 
 
 def reconcile_now(client, job):
-    return client.post(
-        JOBS, {"action": "reconcile_now", ACTION_CHECKBOX_NAME: [str(job.pk)]}, follow=True
+    # An object tool of the jobs list, POSTed with no job selected.
+    assert (
+        'action="/admin/imagekit_bgremove/removaljob/reconcile/"'
+        in client.get(JOBS).content.decode()
     )
+    return client.post(f"{JOBS}reconcile/", follow=True)
+
+
+def test_reconcile_now_is_a_post_for_those_allowed(client, staff, dummy_tasks):
+    assert client.get(f"{JOBS}reconcile/").status_code == 405
+    assert '"reconcile_now"' not in client.get(JOBS).content.decode()  # no longer an action
+    staff.is_superuser = False
+    staff.save()
+    assert client.post(f"{JOBS}reconcile/").status_code == 403
 
 
 def test_job_admin_reconcile_now(client, staff, monkeypatch):

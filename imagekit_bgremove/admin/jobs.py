@@ -18,7 +18,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import date as date_filter
 from django.urls import path, reverse
 from django.utils import timezone
@@ -125,7 +125,9 @@ class RemovalJobAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     list_select_related = ["content_type", "requested_by", "retry"]
     list_per_page = 50
-    actions = ["retry_failed", "reconcile_now"]
+    actions = ["retry_failed"]
+    # "Reconcile now" concerns all jobs, not selected ones: an object tool, not an action.
+    change_list_template = "admin/imagekit_bgremove/removaljob/change_list.html"
 
     def get_changelist(self, request, **kwargs: Any) -> type[ChangeList]:
         return RemovalJobChangeList
@@ -363,6 +365,11 @@ class RemovalJobAdmin(ReadOnlyAdmin):
                 self.admin_site.admin_view(self.retry_view),
                 name=f"{info}_retry",
             ),
+            path(
+                "reconcile/",
+                self.admin_site.admin_view(self.reconcile_view),
+                name=f"{info}_reconcile",
+            ),
             *super().get_urls(),
         ]
 
@@ -478,11 +485,28 @@ class RemovalJobAdmin(ReadOnlyAdmin):
         if not (retried or forbidden or refused or left_alone or budget_error):
             self.message_user(request, _("Nothing was retried."), messages.WARNING)
 
-    @admin.action(description=gettext_lazy("Reconcile now"), permissions=["reconcile"])
-    def reconcile_now(self, request, queryset):
-        """Queue the reconcile task, which settles what lost callbacks and queues left behind (all
-        jobs, not only the selected) by asking ImageKit about jobs pending for longer than
-        RECONCILE_AFTER_SECONDS. Queued, not run here: it talks to ImageKit, once per job."""
+    def changelist_view(self, request, extra_context=None):
+        extra = dict(extra_context or {})
+        if self.has_reconcile_permission(request):
+            extra["ikbg_reconcile_url"] = reverse(
+                f"{self.admin_site.name}:imagekit_bgremove_removaljob_reconcile"
+            )
+        return super().changelist_view(request, extra)
+
+    def reconcile_view(self, request):
+        """Queue the reconcile task, which settles what lost callbacks and queues left behind by
+        asking ImageKit about jobs pending for longer than RECONCILE_AFTER_SECONDS. Queued, not
+        run here: it talks to ImageKit, once per job."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_reconcile_permission(request):
+            raise PermissionDenied
+        self._reconcile(request)
+        return HttpResponseRedirect(
+            reverse(f"{self.admin_site.name}:imagekit_bgremove_removaljob_changelist")
+        )
+
+    def _reconcile(self, request) -> None:
         result = services.enqueue_reconcile()
         if result is None:
             self.message_user(
