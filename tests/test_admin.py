@@ -498,6 +498,7 @@ def test_options_at_upload_time_on_the_add_form(client, staff, run_on_commit, du
     assert response.status_code == 302, response.context["adminform"].form.errors
     job = RemovalJob.objects.get()
     assert (job.status, job.trigger) == (JobStatus.QUEUED, Trigger.SAVE)
+    assert job.requested_by == staff  # the user who uploaded it
     assert job.options == {
         "add_shadow": True,
         "semitransparency": False,

@@ -314,6 +314,9 @@ class BackgroundRemovalAdminMixin:
         return type(form.__name__, (UploadOptionsForm, form), attrs)
 
     def save_model(self, request, obj, form, change) -> None:
+        for name in self.get_removal_fields():
+            if name in form.changed_data and getattr(obj, name):
+                getattr(obj, name).next_removal_user = request.user
         for name, options in getattr(form, "removal_options", {}).items():
             if name in form.changed_data and getattr(obj, name):
                 getattr(obj, name).next_removal_options = options

@@ -285,6 +285,9 @@ def request_on_save(
     in autocommit), never raising for bad options: those leave a failed job that says why.
     ``job_id``: the id the new object's INSERT drew for its pointer, which the job must take."""
     options = error = None
+    user = instance.__dict__.pop(f"_ikbg_user_{field.attname}", None)
+    if user is not None and not getattr(user, "is_authenticated", False):
+        user = None  # AnonymousUser is no row to point at
     try:
         options = field_options(field)
         pending = instance.__dict__.pop(f"_ikbg_options_{field.attname}", None)
@@ -298,7 +301,7 @@ def request_on_save(
         options=options,
         error=error,
         trigger=Trigger.SAVE,
-        user=None,
+        user=user,
         force=False,
         retry_of=None,
         is_new_object=created,
