@@ -702,9 +702,38 @@ def test_job_admin_retry_action_budget_exhausted_is_a_clear_message(client, staf
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "DAILY_REMOVAL_LIMIT": 1}
     DailyUsage.objects.create(day=budget.today(), requests=1)
     job = job_for(make_product("mug"), status=JobStatus.FAILED)
-    response = client.post(JOBS, {"action": "retry_failed", ACTION_CHECKBOX_NAME: [str(job.pk)]})
+    other = job_for(make_product("cup"), status=JobStatus.FAILED)
+    response = client.post(
+        JOBS, {"action": "retry_failed", ACTION_CHECKBOX_NAME: [str(job.pk), str(other.pk)]}
+    )
     assert any("daily budget of 1 background removals is spent" in m for m in messages_of(response))
+    assert not RemovalJob.objects.filter(retry_of__in=[job, other]).exists()
+
+
+def test_retry_action_on_one_job_opens_its_options_page(client, staff):
+    job = job_for(make_product("mug"), status=JobStatus.FAILED)
+    response = client.post(JOBS, {"action": "retry_failed", ACTION_CHECKBOX_NAME: [str(job.pk)]})
+    assert response.status_code == 302
+    assert response["Location"] == f"{JOBS}{job.pk}/retry/"
     assert not RemovalJob.objects.filter(retry_of=job).exists()
+
+
+def test_retry_action_leaves_jobs_whose_options_would_fail_again(client, staff):
+    doomed = job_for(
+        make_product("mug"),
+        status=JobStatus.FAILED,
+        error_code="invalid_options",
+        error_message="The remove-bg options are invalid: x. Change the options.",
+    )
+    transient = job_for(make_product("cup"), status=JobStatus.FAILED, error_message="timeout")
+    response = client.post(
+        JOBS,
+        {"action": "retry_failed", ACTION_CHECKBOX_NAME: [str(doomed.pk), str(transient.pk)]},
+    )
+    assert RemovalJob.objects.filter(retry_of=transient).exists()
+    assert not RemovalJob.objects.filter(retry_of=doomed).exists()
+    warning = next(m for m in messages_of(response) if "would fail again" in m)
+    assert f'<a href="{JOBS}{doomed.pk}/retry/">#{doomed.pk}</a>' in warning
 
 
 def test_job_admin_lists_objects_and_deleted_ones(client, staff):

@@ -420,3 +420,31 @@ def test_reconcile_now_is_an_object_tool(staff_page):
     assert "Reconcil" in page.inner_text(".messagelist")
     audit(page)
     page.shots.take("reconciled")
+
+
+def test_retry_action_shows_the_options_page_with_labelled_errors(staff_page):
+    page = staff_page
+    product = new_product("Jug", 2)
+    job = RemovalJob.objects.create(
+        content_type=ContentType.objects.get_for_model(Product),
+        object_id=str(product.pk),
+        field_name="photo",
+        status=JobStatus.FAILED,
+        error_code="invalid_options",
+        error_message="The remove-bg options are invalid: x. Change the options.",
+    )
+    page.goto(f"{page.base}/admin/imagekit_bgremove/removaljob/")
+    page.check(f"input[name=_selected_action][value='{job.pk}']")
+    page.select_option("select[name=action]", "retry_failed")
+    page.click("button[name=index]")
+    page.wait_for_url(re.compile(rf".*/removaljob/{job.pk}/retry/$"))
+    assert "Change the options" in page.inner_text("#content-main")
+    page.fill("input[name=bg_color]", "white")
+    page.fill("input[name=bg_image_url]", "https://example.com/bg.jpg")
+    page.click("input[name=apply]")
+    errors = page.inner_text("#content-main ul.errorlist")
+    assert "Background colour and Background image URL cannot both be set" in errors
+    assert "bg_color" not in errors
+    audit(page)
+    page.shots.take("options-error")
+    assert not RemovalJob.objects.filter(retry_of=job).exists()

@@ -38,6 +38,7 @@ from .display import (
     is_emulator,
     job_badge,
     job_error,
+    needs_new_options,
     options_summary,
     result_alt,
     result_caption,
@@ -432,9 +433,17 @@ class RemovalJobAdmin(ReadOnlyAdmin):
 
     @admin.action(description=gettext_lazy("Retry failed jobs"), permissions=["retry"])
     def retry_failed(self, request, queryset):
+        """One job: its retry page, where the options can be changed. Several: each retried
+        with its own options, except those whose error says these options would fail again."""
         jobs = list(queryset.select_related("content_type", "retry"))
         attach_targets(jobs)
-        retried, refused, forbidden, left_alone = [], [], [], 0
+        if len(jobs) == 1 and self.retryable_target(request, jobs[0]) is not None:
+            return HttpResponseRedirect(
+                reverse(
+                    f"{self.admin_site.name}:imagekit_bgremove_removaljob_retry", args=[jobs[0].pk]
+                )
+            )
+        retried, refused, forbidden, left_alone, new_options = [], [], [], 0, []
         budget_error = None
         for job in jobs:
             if job.status != JobStatus.FAILED:
@@ -443,6 +452,9 @@ class RemovalJobAdmin(ReadOnlyAdmin):
             target = job_target(job)
             if target is not None and not can_change_target(self.admin_site, request, target):
                 forbidden.append(f"#{job.pk}")
+                continue
+            if needs_new_options(job) and retry_of(job) is None:
+                new_options.append(job)
                 continue
             try:
                 new = services.retry(job, user=request.user)
@@ -467,6 +479,33 @@ class RemovalJobAdmin(ReadOnlyAdmin):
                 % ", ".join(forbidden),
                 messages.ERROR,
             )
+        if new_options:
+            links = format_html_join(
+                ", ",
+                '<a href="{}">#{}</a>',
+                (
+                    (
+                        reverse(
+                            f"{self.admin_site.name}:imagekit_bgremove_removaljob_retry",
+                            args=[job.pk],
+                        ),
+                        job.pk,
+                    )
+                    for job in new_options
+                ),
+            )
+            self.message_user(
+                request,
+                format_html(
+                    "{} {}",
+                    _(
+                        "Not retried, because the same options would fail again; retry each "
+                        "with other options:"
+                    ),
+                    links,
+                ),
+                messages.WARNING,
+            )
         for line in refused[:20]:
             self.message_user(request, line, messages.WARNING)
         if left_alone:
@@ -482,7 +521,7 @@ class RemovalJobAdmin(ReadOnlyAdmin):
             )
         if budget_error is not None:
             self.message_user(request, str(budget_error), messages.ERROR)
-        if not (retried or forbidden or refused or left_alone or budget_error):
+        if not (retried or forbidden or refused or left_alone or budget_error or new_options):
             self.message_user(request, _("Nothing was retried."), messages.WARNING)
 
     def changelist_view(self, request, extra_context=None):
