@@ -897,3 +897,37 @@ def test_delivery_page_shows_the_headers_once(client, staff):
     html = html.content.decode()
     assert len(re.findall(r"<label>Headers:</label>", html, re.IGNORECASE)) == 1
     assert "<code>1</code>" in html
+
+
+def test_cancel_a_running_job_from_the_object_page_and_the_job_page(client, staff):
+    product = make_product("mug")
+    job = job_for(product, point=True, status=JobStatus.PENDING)
+    change = f"{CHANGELIST}{product.pk}/change/"
+    html = client.get(change).content.decode()
+    cancel = f"{JOBS}{job.pk}/cancel/"
+    assert f'action="{cancel}"' in html
+    assert client.get(cancel).status_code == 405
+    response = client.post(cancel, {"next": change})
+    assert response.status_code == 302 and response["Location"] == change
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED and job.error_message == "Cancelled by admin."
+    assert f'action="{cancel}"' not in client.get(change).content.decode()
+    assert f'action="{cancel}"' not in client.get(f"{JOBS}{job.pk}/change/").content.decode()
+    # Too late now: said so, nothing changes; and a foreign "next" is not followed.
+    response = client.post(cancel, {"next": "https://evil.example/"}, follow=True)
+    assert response.redirect_chain[-1][0] == f"{JOBS}{job.pk}/change/"
+    assert any("only a queued, waiting or pending" in m for m in messages_of(response))
+
+    queued = job_for(make_product("cup"), status=JobStatus.QUEUED)
+    assert f"{JOBS}{queued.pk}/cancel/" in client.get(f"{JOBS}{queued.pk}/change/").content.decode()
+
+
+def test_cancel_needs_the_change_permission_on_the_object(client):
+    job = job_for(make_product("mug"), status=JobStatus.QUEUED)
+    user = User.objects.create_user("clerk", password="x", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename="view_removaljob"))
+    client.force_login(user)
+    assert "/cancel/" not in client.get(f"{JOBS}{job.pk}/change/").content.decode()
+    assert client.post(f"{JOBS}{job.pk}/cancel/").status_code == 403
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED

@@ -448,3 +448,21 @@ def test_retry_action_shows_the_options_page_with_labelled_errors(staff_page):
     audit(page)
     page.shots.take("options-error")
     assert not RemovalJob.objects.filter(retry_of=job).exists()
+
+
+def test_cancel_a_pending_job_from_the_object_page(staff_page, live_emulator):
+    page = staff_page
+    set_faults(live_emulator, delay_seconds=[20.0, 20.0])  # ImageKit's answer is slow to come
+    product = new_product("Tray", 1, save=True)
+    wait_for(lambda: RemovalJob.objects.filter(status=JobStatus.PENDING).exists(), timeout=30)
+    page.goto(f"{page.base}/admin/testapp/product/{product.pk}/change/")
+    page.shots.take("pending")
+    page.click("[data-ikbg-cancel-tool] button")
+    page.wait_for_url(re.compile(rf".*/product/{product.pk}/change/$"))
+    assert "is cancelled" in page.inner_text(".messagelist")
+    assert "Cancelled" in page.inner_text(".ikbg-preview")
+    assert "Cancelled" in page.inner_text("#ikbg-history-group")
+    assert page.locator("[data-ikbg-cancel-tool]").count() == 0
+    assert RemovalJob.objects.get().status == JobStatus.CANCELLED
+    audit(page)
+    page.shots.take("cancelled")

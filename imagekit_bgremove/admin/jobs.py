@@ -23,6 +23,7 @@ from django.template.defaultfilters import date as date_filter
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
@@ -367,6 +368,11 @@ class RemovalJobAdmin(ReadOnlyAdmin):
                 name=f"{info}_retry",
             ),
             path(
+                "<path:object_id>/cancel/",
+                self.admin_site.admin_view(self.cancel_view),
+                name=f"{info}_cancel",
+            ),
+            path(
                 "reconcile/",
                 self.admin_site.admin_view(self.reconcile_view),
                 name=f"{info}_reconcile",
@@ -391,7 +397,32 @@ class RemovalJobAdmin(ReadOnlyAdmin):
             extra["ikbg_retry_url"] = reverse(
                 f"{self.admin_site.name}:imagekit_bgremove_removaljob_retry", args=[job.pk]
             )
+        if job is not None and may_cancel(self.admin_site, request, job):
+            extra["ikbg_cancel_url"] = cancel_url(self.admin_site, job)
         return super().change_view(request, object_id, form_url, extra)
+
+    def cancel_view(self, request, object_id):
+        """POST: cancel a queued, waiting or pending job (needs the change permission on its
+        object, as starting one does); back to ``next`` (the page it was asked from)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        job = RemovalJob.objects.select_related("content_type").filter(pk=object_id).first()
+        if job is None or not may_cancel(self.admin_site, request, job, any_status=True):
+            raise PermissionDenied
+        try:
+            services.cancel(job, user=request.user)
+        except services.NotCancellable as exc:
+            self.message_user(request, str(exc), messages.WARNING)
+        else:
+            self.message_user(request, _("Job #%d is cancelled.") % job.pk, messages.SUCCESS)
+        back = request.POST.get("next", "")
+        if not url_has_allowed_host_and_scheme(
+            back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            back = reverse(
+                f"{self.admin_site.name}:imagekit_bgremove_removaljob_change", args=[job.pk]
+            )
+        return HttpResponseRedirect(back)
 
     def retry_view(self, request, object_id):
         from .pages import retry_page
@@ -565,6 +596,19 @@ class RemovalJobAdmin(ReadOnlyAdmin):
             if value
         ) or _("nothing to do")
         self.message_user(request, _("Reconciled pending jobs (%s).") % done, messages.SUCCESS)
+
+
+def may_cancel(site, request, job: RemovalJob, *, any_status: bool = False) -> bool:
+    """Whether the user may cancel ``job`` (now, unless ``any_status``): the change permission
+    on its object, as for starting one."""
+    if not any_status and job.status not in services.CANCELLABLE:
+        return False
+    target = job_target(job)
+    return target is not None and can_change_target(site, request, target)
+
+
+def cancel_url(site, job: RemovalJob) -> str:
+    return reverse(f"{site.name}:imagekit_bgremove_removaljob_cancel", args=[job.pk])
 
 
 def figure(url: str | None, alt: str, caption) -> str:

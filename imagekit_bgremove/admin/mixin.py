@@ -33,6 +33,7 @@ from .display import (
 )
 from .filters import removal_status_filter
 from .forms import ADMIN_STATIC, RemoveBackgroundForm, upload_option_fields, upload_prefix
+from .jobs import cancel_url
 from .pages import retry_page, wrap_template
 
 OPTION_NAMES = RemoveBgOptions.field_names()
@@ -354,7 +355,12 @@ class BackgroundRemovalAdminMixin:
             else "",
             "retry_url": self._removal_url("retry_removal", pk) if can_change else "",
             "failed": any(s.failed for s in states),
+            "cancel_url": "",
         }
+        running = [s.job for s in states if s.job is not None]
+        running = [job for job in running if job.status in services.CANCELLABLE]
+        if can_change and running:
+            context["cancel_url"] = cancel_url(self.admin_site, running[0])  # type: ignore[attr-defined]
         context.update(self.removal_history(request, obj))
         return context
 

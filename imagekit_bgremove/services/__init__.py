@@ -20,11 +20,14 @@ from .budget import BudgetExhausted
 from .finalization import finalize
 from .reconciliation import check, reconcile
 from .request import (
+    CANCELLABLE,
     AlreadyRetried,
     JobInProgress,
+    NotCancellable,
     NotRetryable,
     RequestError,
     base_options,
+    cancel,
     field_options,
     removal_field,
     removal_field_names,
@@ -44,12 +47,14 @@ from .results import (
 from .submission import submit
 
 __all__ = [
+    "CANCELLABLE",
     "AlreadyRetried",
     "BudgetExhausted",
     "CallbackError",
     "CallbackOutcome",
     "CallbackRead",
     "JobInProgress",
+    "NotCancellable",
     "NotRetryable",
     "OptionsError",
     "RequestError",
@@ -57,6 +62,7 @@ __all__ = [
     "apply_parsed_callback",
     "base_options",
     "budget",
+    "cancel",
     "check",
     "enqueue_reconcile",
     "failure_reason",

@@ -33,6 +33,10 @@ class NotRetryable(RequestError):
     pass
 
 
+class NotCancellable(RequestError):
+    pass
+
+
 class AlreadyRetried(RequestError):
     """The job has a newer attempt already (``newer``): retry that one instead."""
 
@@ -308,6 +312,30 @@ def request_on_save(
         using=using,
         job_id=job_id,
     )
+
+
+#: A user may cancel a job nobody is busy with: not sent yet, waiting on an identical job, or
+#: awaiting ImageKit's result. A worker's submitting or storing is never interrupted.
+CANCELLABLE = (JobStatus.QUEUED, JobStatus.WAITING, JobStatus.PENDING)
+
+
+def cancel(job: RemovalJob, *, user: Any = None) -> RemovalJob:
+    """Cancel ``job`` if it is still cancellable; returns it as it is now. A pending run goes on
+    at ImageKit (and is paid for): its result is ignored when it comes."""
+    who = f" by {user}" if getattr(user, "is_authenticated", False) else ""
+    if not lifecycle.cancel(
+        job.pk,
+        list(CANCELLABLE),
+        error_code="cancelled",
+        error_message=f"Cancelled{who}.",
+    ):
+        job.refresh_from_db()
+        raise NotCancellable(
+            f"Job #{job.pk} is {job.get_status_display().lower()}: only a queued, waiting or "
+            "pending job can be cancelled."
+        )
+    job.refresh_from_db()
+    return job
 
 
 def retry(
