@@ -79,7 +79,6 @@ STORAGES = {
 IMAGEKIT_BGREMOVE = {
     "WEBHOOK_BASE_URL": "http://testserver",
     # Tests see the tasks of a commit run when it ends (tests/test_queueing.py covers the thread).
-    "ENQUEUE_IN_BACKGROUND": False,
     "EMULATOR_AUTOSTART": False,
     "RETRY_BACKOFF": 0.01,
     "RETRY_BACKOFF_MAX": 0.05,

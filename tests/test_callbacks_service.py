@@ -87,7 +87,7 @@ def test_success_copies_the_result_next_to_the_untouched_original(
     stem = product.photo.name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     assert re.fullmatch(rf"products/{stem}_nobg_{job.pk}_[0-9a-f]{{8}}\.png", job.result_name)
 
-    fresh = Product.objects.select_related("photo_removal").get(pk=product.pk)
+    fresh = Product.objects.get(pk=product.pk)
     assert fresh.photo.removal_status == "succeeded"
     assert fresh.photo.result_url == job.result_url
     with fresh.photo.result_file.open("rb") as fh:
@@ -260,7 +260,7 @@ def test_a_twin_whose_original_never_reached_imagekit_is_sent_on_its_own(
 
     first = Product.objects.create(photo=make_image("one.png", seed=15))
     second = Product.objects.create(photo=make_image("two.png", seed=15))
-    job1, job2 = first.photo_removal, second.photo_removal
+    job1, job2 = first.photo.removal, second.photo.removal
     # Both are being submitted; the first claims the image and is about to upload it.
     RemovalJob.objects.filter(pk__in=[job1.pk, job2.pk]).update(
         status=JobStatus.SUBMITTING, lease_token=7
@@ -358,7 +358,7 @@ def test_the_check_comes_back_less_and_less_often_then_gives_up(
 
     with run_on_commit():
         product = Product.objects.create(photo=make_image("slow.png"))
-    job = RemovalJob.objects.get(pk=Product.objects.get(pk=product.pk).photo_removal_id)
+    job = RemovalJob.objects.get(pk=Product.objects.get(pk=product.pk).photo.removal.pk)
     with run_on_commit():
         services.submit(job.pk)
     job.refresh_from_db()
@@ -402,7 +402,7 @@ def test_full_loop_over_http(live_emulator, received):
     product = Product.objects.create(name="loop", photo=image)  # autocommit: runs on commit
 
     def settled():
-        job = Product.objects.select_related("photo_removal").get(pk=product.pk).photo_removal
+        job = Product.objects.get(pk=product.pk).photo.removal
         return (
             job
             if job is not None and job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)

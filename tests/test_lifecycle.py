@@ -113,7 +113,7 @@ def test_a_proxy_saves_and_supersedes_as_its_concrete_model(emulator, run_on_com
     concrete = ContentType.objects.get_for_model(Product)
     assert first.content_type == second.content_type == concrete
     assert first.status == JobStatus.SUPERSEDED and first.superseded_by_id == second.pk
-    assert Product.objects.get(pk=product.pk).photo_removal_id == second.pk
+    assert Product.objects.get(pk=product.pk).photo.removal.pk == second.pk
 
 
 def test_a_multi_table_child_shares_its_parents_jobs(emulator, run_on_commit):
@@ -140,7 +140,7 @@ def test_the_job_is_written_in_the_saves_transaction(emulator, dummy_tasks, run_
         # Part of the same transaction, before any commit: nothing can get lost after it.
         assert jobs_of(product).get().status == JobStatus.QUEUED
         assert backend.results == []  # the task waits for the commit
-    assert [r.args for r in backend.results] == [[product.photo_removal_id]]
+    assert [r.args for r in backend.results] == [[product.photo.removal.pk]]
 
 
 def test_a_rollback_leaves_neither_job_nor_task(emulator, dummy_tasks):

@@ -27,7 +27,7 @@ def trusting_the_body(settings):
 def pending_job(emulator, run_on_commit):
     with run_on_commit():
         product = Product.objects.create(photo=make_image("target.png", seed=9))
-    job = RemovalJob.objects.get(pk=product.photo_removal_id)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
     callback = wait_for(lambda: next(iter(emulator.state()["callbacks"]), None), timeout=20)
     return job, callback["payload"]
 

@@ -160,7 +160,7 @@ def test_newer_request_supersedes_the_pending_one(emulator, run_on_commit):
     new = product.photo.removal
     assert old.status == JobStatus.SUPERSEDED and old.superseded_by_id == new.pk
     assert RemovalJob.objects.get(pk=new.pk).status == JobStatus.PENDING
-    assert Product.objects.get(pk=product.pk).photo_removal_id == new.pk
+    assert Product.objects.get(pk=product.pk).photo.removal.pk == new.pk
 
 
 def test_existing_imagekit_file_goes_through_update_details_and_restores_original(

@@ -50,19 +50,13 @@ def schedule_check(job_id: int, submitted_at: datetime, now: datetime) -> None:
     run_after = now + wait
     if now <= deadline:
         run_after = min(run_after, deadline + timedelta(seconds=1))
-    # With the move to pending when tasks live in the same database: one commit, not two.
-    queueing.enqueue_on_commit(queueing.CHECK, job_id, run_after=run_after, with_transaction=True)
+    queueing.enqueue_on_commit(queueing.CHECK, job_id, run_after=run_after)
 
 
 def check(job_id: int, now: datetime | None = None) -> str:
     """The deferred check of one pending or waiting job (see ``schedule_check``); safe to run
     twice."""
     now = now or timezone.now()
-    # Nearly every check finds its job settled by the callback: one prepared read answers it,
-    # where loading the job and the one it waits on cost a worker more than the check itself.
-    seen = RemovalJob.objects.peek(job_id, ("status",))
-    if seen is None or seen.status not in (JobStatus.WAITING, JobStatus.PENDING):
-        return "skipped"
     job = RemovalJob.objects.select_related("duplicate_of").filter(pk=job_id).first()
     if job is not None and job.status == JobStatus.WAITING:
         outcome = check_waiting(job, now)
@@ -103,7 +97,7 @@ def settle_pending(job: RemovalJob, now: datetime) -> str:
     if job.submission_uncertain:
         # The request whose answer was lost has produced nothing in all this time: it did not
         # take effect. Now it is safe to send it again.
-        if RemovalJob.objects.transition(
+        if lifecycle.transition(
             job.pk,
             [JobStatus.PENDING],
             JobStatus.QUEUED,
@@ -279,7 +273,7 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
             "pk", flat=True
         )
     ):
-        if jobs.transition(
+        if lifecycle.transition(
             job_id,
             [JobStatus.SUBMITTING],
             JobStatus.QUEUED,

@@ -3,11 +3,6 @@
 Whatever the source, a result moves the job to ``received`` (the copy into storage is the
 finalize task's work) and a failure to ``failed``; repeats change nothing. The job row is locked
 while the decision is made, so a callback and a check arriving together settle the job once.
-
-The webhook's common case, the first SUCCESS for a pending job, is decided from the unlocked read
-that also answers repeats (``read_for_callback``) and applied with one UPDATE guarded by every
-field that decision used (``_GUARDED``): if any of them changed in between, the UPDATE moves
-nothing and the callback takes the locked path like any other.
 """
 
 from __future__ import annotations
@@ -42,6 +37,8 @@ class CallbackOutcome:
     verdict: str  # "accepted", "duplicate" or "ignored"
     message: str
     job: RemovalJob | None = None
+    #: Whether the job's row was written (only then is the delivery worth a row of its own).
+    changed: bool = False
 
 
 def _same_result(job: RemovalJob, result: RemoteFile) -> bool:
@@ -51,36 +48,6 @@ def _same_result(job: RemovalJob, result: RemoteFile) -> bool:
     if result.version_id or job.result_version_id:
         return job.result_version_id == result.version_id
     return job.result_url == result.url
-
-
-#: What a result's acceptance reads of a pending job: the fields ``_same_result`` compares and
-#: the ones it fills in when empty. An unlocked read's decision holds while these are unchanged.
-_GUARDED = ("file_id", "file_path", "result_file_id", "result_version_id", "result_url")
-
-
-@dataclass
-class CallbackRead:
-    """The job as a callback finds it, read without a lock (``read_for_callback``)."""
-
-    job: RemovalJob | None
-    #: The result's version id when the callback repeats a result already recorded.
-    duplicate_version: str | None = None
-
-
-def read_for_callback(job_id: int, callback: Callback) -> CallbackRead:
-    """One read of what deciding a SUCCESS callback needs: whether it repeats a recorded result
-    (ImageKit retries for a day; ``apply_callback`` would answer "duplicate" without changing
-    anything), and otherwise the job as it stands, for ``apply_parsed_callback(seen=...)``."""
-    if not callback.succeeded or callback.result is None:
-        return CallbackRead(None)
-    found = RemovalJob.objects.peek(job_id, ("status", *_GUARDED))
-    if found is None:
-        return CallbackRead(None)
-    if found.status in (JobStatus.RECEIVED, JobStatus.SUCCEEDED) and _same_result(
-        found, callback.result
-    ):
-        return CallbackRead(found, callback.result.version_id or "?")
-    return CallbackRead(found)
 
 
 def apply_callback(job_id: int, payload: Any, *, signed: bool = False) -> CallbackOutcome:
@@ -96,13 +63,10 @@ def apply_parsed_callback(
     *,
     signed: bool,
     then: Callable[[CallbackOutcome], None] | None = None,
-    seen: RemovalJob | None = None,
 ) -> CallbackOutcome:
     """``then``, when given, runs with the outcome inside the same transaction (the webhook
-    records its delivery there: one commit for the whole callback). ``seen``: the job as
-    ``read_for_callback`` found it; a SUCCESS for a job that was pending is then applied
-    without locking the row first, if nothing it was decided from has changed."""
-    return _apply(job_id, callback, trusted=signed, source="callback", then=then, seen=seen)
+    records its delivery there: one commit for the whole callback)."""
+    return _apply(job_id, callback, trusted=signed, source="callback", then=then)
 
 
 def apply_result(job_id: int, result: RemoteFile, *, source: str) -> CallbackOutcome:
@@ -118,22 +82,9 @@ def _apply(
     trusted: bool,
     source: str,
     then: Callable[[CallbackOutcome], None] | None = None,
-    seen: RemovalJob | None = None,
 ) -> CallbackOutcome:
     with transaction.atomic():
-        outcome = None
-        if (
-            seen is not None
-            and seen.pk == job_id
-            and seen.status == JobStatus.PENDING
-            and callback.succeeded
-            and callback.result is not None
-        ):
-            outcome = _accept_result(
-                seen, callback.result, trusted=trusted, source=source, unlocked=True
-            )
-        if outcome is None:
-            outcome = _decide(job_id, callback, trusted=trusted, source=source)
+        outcome = _decide(job_id, callback, trusted=trusted, source=source)
         if then is not None:
             then(outcome)
         return outcome
@@ -188,17 +139,14 @@ def _keep_for_identical(job: RemovalJob, callback: Callback, *, source: str) -> 
         "ignored",
         f"Job #{job.pk} is {job.status}; its {kept} ({source}) is kept for identical images.",
         job,
+        changed=True,
     )
 
 
 def _accept_result(
-    job: RemovalJob, result: RemoteFile, *, trusted: bool, source: str, unlocked: bool = False
-) -> CallbackOutcome | None:
-    """With ``unlocked``, ``job`` is a pending job read without a lock: the move is guarded by
-    what was read, and None means the job changed since, so the caller must lock and decide."""
+    job: RemovalJob, result: RemoteFile, *, trusted: bool, source: str
+) -> CallbackOutcome:
     if _same_result(job, result):
-        if unlocked:
-            return None
         return CallbackOutcome(
             "duplicate",
             f"Result version {result.version_id or '?'} of job #{job.pk} is already recorded.",
@@ -238,24 +186,15 @@ def _accept_result(
         error_details=None,
         finished_at=None,
     )
-    if unlocked:
-        expect = {name: getattr(job, name) for name in _GUARDED}
-        if not RemovalJob.objects.transition(
-            job.pk, [JobStatus.PENDING], JobStatus.RECEIVED, expect=expect, **changes
-        ):
-            return None
-    elif not RemovalJob.objects.transition(job.pk, sources, JobStatus.RECEIVED, **changes):
+    if not lifecycle.transition(job.pk, sources, JobStatus.RECEIVED, **changes):
         return CallbackOutcome("ignored", f"Job #{job.pk} is no longer waiting for a result.", job)
     _moved(job, JobStatus.RECEIVED, changes)
-    queueing.enqueue_on_commit(queueing.FINALIZE, job.pk, with_transaction=True)
-    # Jobs waiting on this one get its result now rather than when it is stored. One that
-    # starts waiting after the read is settled then (``lifecycle.succeed`` or ``fail``).
-    if not unlocked or job.has_waiters:
-        lifecycle.settle_waiters(job.pk)
+    queueing.enqueue_on_commit(queueing.FINALIZE, job.pk)
     return CallbackOutcome(
         "accepted",
         f"Result version {result.version_id or '?'} recorded for job #{job.pk} ({source}).",
         job,
+        changed=True,
     )
 
 
@@ -287,4 +226,4 @@ def _accept_failure(job: RemovalJob, callback: Callback) -> CallbackOutcome:
     if not lifecycle.fail(job.pk, FAILURE_SOURCES, **changes):
         return CallbackOutcome("ignored", f"Job #{job.pk} is no longer waiting for a result.", job)
     _moved(job, JobStatus.FAILED, changes)
-    return CallbackOutcome("accepted", f"Job #{job.pk} failed at ImageKit.", job)
+    return CallbackOutcome("accepted", f"Job #{job.pk} failed at ImageKit.", job, changed=True)

@@ -87,7 +87,7 @@ def _after_error(
         run_after = timezone.now() + queueing.backoff(
             job.attempts, at_least=getattr(exc, "retry_after", None)
         )
-        if RemovalJob.objects.transition(
+        if lifecycle.transition(
             job.pk,
             [JobStatus.SUBMITTING],
             JobStatus.QUEUED,
@@ -309,7 +309,7 @@ def _record_submission(
         )
         return "failed"
     with transaction.atomic():  # the move and the check it schedules, in one commit
-        moved = RemovalJob.objects.transition(
+        moved = lifecycle.transition(
             job.pk,
             [JobStatus.SUBMITTING],
             JobStatus.PENDING,
