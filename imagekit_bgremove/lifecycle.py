@@ -216,17 +216,6 @@ def settle_waiters(original_ids: int | list[int]) -> int:
     return sum(settle_waiter(job_id) for job_id in list(waiting))
 
 
-def record_source_file(job_id: int, file_id: str, file_path: str) -> None:
-    """Name the file at ImageKit that job ``job_id`` uploaded, on it and on the identical jobs
-    that took its result before the file was known (a result that came before the upload's
-    answer), where none is recorded yet."""
-    if not file_id:
-        return
-    fields = {"file_id": file_id[:100], "file_path": file_path[:500]}
-    RemovalJob.objects.filter(pk=job_id, file_id="").update(**fields)
-    RemovalJob.objects.filter(duplicate_of_id=job_id, file_id="").update(**fields)
-
-
 def in_flight(job: RemovalJob) -> bool:
     """Whether ImageKit may still be working on a run this superseded or cancelled job paid
     for: it was sent (it has a fileId, or its upload's answer was lost and nobody has looked

@@ -130,7 +130,8 @@ class RemovalJob(models.Model):
     # sha256 of the source content and the options: identical work has the same key.
     content_key = models.CharField(max_length=64, blank=True)
 
-    # ImageKit's side.
+    # ImageKit's side. Where the upload goes (folder/name), fixed before the first attempt.
+    upload_path = models.CharField(max_length=600, blank=True)
     file_id = models.CharField(max_length=100, blank=True)  # ikbg_job_file_idx, partial
     file_path = models.CharField(max_length=500, blank=True)
     source_version_id = models.CharField(max_length=100, blank=True)

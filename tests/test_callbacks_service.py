@@ -141,7 +141,7 @@ def test_failure_callback_fails_the_job_readably(emulator, run_on_commit, receiv
     assert retried.source_name == job.source_name and retried.options == job.options
 
 
-def test_callback_before_the_file_id_is_stored_still_matches(emulator, run_on_commit):
+def test_a_callback_before_the_job_knows_its_file_is_not_taken(emulator, run_on_commit):
     product, _ = submitted_product(run_on_commit)
     job = RemovalJob.objects.get(pk=product.photo.removal.pk)
     payload = callback_payload(emulator, job)
@@ -151,14 +151,15 @@ def test_callback_before_the_file_id_is_stored_still_matches(emulator, run_on_co
         status=JobStatus.SUBMITTING, file_id="", lease_token=7
     )
     with run_on_commit():
-        assert services.apply_callback(job.pk, payload).verdict == "accepted"
+        outcome = services.apply_callback(job.pk, payload)
+    assert outcome.verdict == "ignored"  # the body alone does not name the job's file
     job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED and job.file_id == file_id
-    # The submit task finishing afterwards cannot move the job; it only records the file fields.
+    assert job.status == JobStatus.SUBMITTING and not job.result_url
+    # The submit task records ImageKit's answer; the check (or a retried callback) then binds it.
     response = {"fileId": file_id, "filePath": "/x.png", "versionInfo": {"id": "v"}}
-    assert submission._record_submission(job, 7, response) == "recorded"
-    job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED
+    assert submission._record_submission(job, 7, response) == "pending"
+    with run_on_commit():
+        assert services.apply_callback(job.pk, payload).verdict == "accepted"
 
 
 def test_superseded_jobs_late_callback_is_ignored(emulator, run_on_commit):
@@ -456,7 +457,7 @@ def test_transient_copy_failure_is_retried_then_given_up(
         "fileObject": {**payload["fileObject"], "url": f"http://{host}/result.png"},
     }
     with run_on_commit():
-        services.apply_callback(job.pk, unavailable)
+        services.apply_callback(job.pk, unavailable, signed=True)
     job.refresh_from_db()
     assert job.status == JobStatus.RECEIVED and job.finalize_attempts == 1
     assert "deliver the result" in job.error_message and job.next_attempt_at

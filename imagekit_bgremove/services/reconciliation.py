@@ -218,18 +218,6 @@ def _remove_orphaned_partials() -> int:
     return removed
 
 
-def _find_lost_originals(since: datetime) -> int:
-    """Jobs that have their result but not the file their upload made at ImageKit: the upload's
-    answer was lost, the result came as a file of its own, and finalize's lookup missed it
-    (ImageKit's search lags behind an upload). Looked up again at each run, for
-    ``PENDING_DEADLINE_SECONDS`` after the job finished (its last move: ``updated_at``, so the
-    status index bounds the scan to that window, not to every job that ever succeeded)."""
-    lost = RemovalJob.objects.filter(
-        status=JobStatus.SUCCEEDED, updated_at__gte=since, file_id="", duplicate_of__isnull=True
-    ).exclude(source_name="")
-    return sum(remote.record_lost_original(job) for job in lost.order_by("pk")[:100])
-
-
 def reconcile(now: datetime | None = None) -> dict[str, int]:
     """Settle what callbacks, queues and dead workers left behind. Returns counts."""
     now = now or timezone.now()
@@ -247,7 +235,6 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
             "finalize_requeued",
             "waiting_settled",
             "partials_removed",
-            "originals_found",
             "errors",
         ),
         0,
@@ -323,5 +310,4 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
             summary["errors"] += 1
 
     summary["partials_removed"] = _remove_orphaned_partials()
-    summary["originals_found"] = _find_lost_originals(deadline)
     return summary

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from .. import lifecycle, queueing
 from ..callback import Callback, RemoteFile, parse_callback
 from ..conf import app_settings
 from ..models import JobStatus, RemovalJob
-from . import remote
 
 #: States a result may arrive in. ``queued``: a submission whose answer was lost took effect.
 #: ``failed`` is added when the result can be trusted (see ``_accept_result``).
@@ -42,8 +42,7 @@ class CallbackOutcome:
 
 
 def _same_result(job: RemovalJob, result: RemoteFile) -> bool:
-    recorded_file = job.result_file_id or job.file_id
-    if not job.result_url or recorded_file != result.file_id:
+    if not job.result_url or job.file_id != result.file_id:
         return False
     if result.version_id or job.result_version_id:
         return job.result_version_id == result.version_id
@@ -114,12 +113,34 @@ def _moved(job: RemovalJob, status: str, fields: dict[str, Any]) -> None:
         setattr(job, name, value)
 
 
+def _not_its_own(job: RemovalJob, callback: Callback) -> CallbackOutcome | None:
+    """Why ``callback`` cannot be this job's, or None when it can: a result or a failure counts
+    only for the file the job uploaded or updated (recorded from ImageKit's own answer, never
+    from a callback), and a result only for a version other than the one the job sent."""
+    named = callback.result.file_id if callback.result is not None else callback.file_id
+    if not job.file_id or named != job.file_id:
+        return CallbackOutcome(
+            "ignored",
+            f"The callback names file {named or '(none)'}, not the file of job #{job.pk} "
+            f"({job.file_id or 'not known yet'}); ignored.",
+            job,
+        )
+    if callback.result is not None and callback.result.version_id == job.source_version_id:
+        return CallbackOutcome(
+            "ignored", f"The callback names the version job #{job.pk} sent; ignored.", job
+        )
+    return None
+
+
 def _keep_for_identical(job: RemovalJob, callback: Callback, *, source: str) -> CallbackOutcome:
     """A job that was superseded or cancelled while ImageKit worked on it does not take its
     result, but the run was paid for: it is kept on the job (its state unchanged) for the
     identical images waiting on it, or saved later (``dedupe``)."""
     if job.result_url or job.error_code == "removal_failed":
         return CallbackOutcome("ignored", f"Job #{job.pk} is {job.status}; nothing changed.", job)
+    refused = _not_its_own(job, callback)
+    if refused is not None:
+        return refused
     if callback.succeeded:
         assert callback.result is not None
         changes: dict[str, Any] = callback.result.job_fields()
@@ -156,27 +177,22 @@ def _accept_result(
         return CallbackOutcome(
             "ignored", f"Job #{job.pk} has already succeeded; another result is ignored.", job
         )
+    refused = _not_its_own(job, Callback(succeeded=True, file_id=result.file_id, result=result))
+    if refused is not None:
+        return refused
+    if not (trusted or app_settings.WEBHOOK_CONFIRM_WITH_API):
+        # Nothing would check an unsigned body's result against ImageKit before storing it.
+        return CallbackOutcome(
+            "ignored",
+            f"An unsigned result for job #{job.pk} is taken only with WEBHOOK_CONFIRM_WITH_API.",
+            job,
+        )
     sources = list(RESULT_SOURCES)
     if job.status == JobStatus.FAILED:
         # A result after a failure happens (ImageKit's retries reorder, or the deadline was
-        # reached first), but an unsigned body alone must not overturn a failure: it needs a
-        # signature, or the API check that finalize makes when WEBHOOK_CONFIRM_WITH_API is on.
-        if not (trusted or app_settings.WEBHOOK_CONFIRM_WITH_API):
-            return CallbackOutcome(
-                "ignored",
-                f"Job #{job.pk} has failed; an unsigned SUCCESS does not overturn that.",
-                job,
-            )
+        # reached first): the job takes it, unless another job of the image is live by now.
         sources.append(JobStatus.FAILED)
     changes: dict[str, Any] = result.job_fields()
-    # A result that came before the upload's answer names the uploaded file only when it is
-    # a new version of it; a result stored as a file of its own leaves the original for the
-    # answer, or for finalize to look up.
-    original = job.file_id
-    if not original and remote.is_upload_of(job, result):
-        original = changes["file_id"] = result.file_id
-    if result.file_path and not job.file_path and result.file_id == original:
-        changes["file_path"] = result.file_path
     changes.update(
         submission_uncertain=False,
         next_attempt_at=None,
@@ -186,7 +202,22 @@ def _accept_result(
         error_details=None,
         finished_at=None,
     )
-    if not lifecycle.transition(job.pk, sources, JobStatus.RECEIVED, **changes):
+    # Only a failed job can meet another live job of its image: a savepoint for it alone.
+    try:
+        with transaction.atomic() if job.status == JobStatus.FAILED else nullcontext():
+            moved = lifecycle.transition(job.pk, sources, JobStatus.RECEIVED, **changes)
+    except IntegrityError:
+        # Failed, and a retry or a newer image's job is unfinished: one live job per image.
+        # The paid result stays on this job, in its history; the live job is left alone.
+        RemovalJob.objects.filter(pk=job.pk, status=JobStatus.FAILED).update(**result.job_fields())
+        return CallbackOutcome(
+            "ignored",
+            f"Job #{job.pk} has failed and another job of its image is live; its late result "
+            "is kept on it.",
+            job,
+            changed=True,
+        )
+    if not moved:
         return CallbackOutcome("ignored", f"Job #{job.pk} is no longer waiting for a result.", job)
     _moved(job, JobStatus.RECEIVED, changes)
     queueing.enqueue_on_commit(queueing.FINALIZE, job.pk)
@@ -214,6 +245,9 @@ def _accept_failure(job: RemovalJob, callback: Callback) -> CallbackOutcome:
         )
     if job.status == JobStatus.FAILED:
         return CallbackOutcome("duplicate", f"Job #{job.pk} has already failed.", job)
+    refused = _not_its_own(job, callback)
+    if refused is not None:
+        return refused
     error = callback.error
     changes: dict[str, Any] = {
         "error_code": "removal_failed",
@@ -221,8 +255,6 @@ def _accept_failure(job: RemovalJob, callback: Callback) -> CallbackOutcome:
         "error_details": error if isinstance(error, dict) else {"error": error},
         "submission_uncertain": False,
     }
-    if callback.file_id and not job.file_id:
-        changes["file_id"] = callback.file_id
     if not lifecycle.fail(job.pk, FAILURE_SOURCES, **changes):
         return CallbackOutcome("ignored", f"Job #{job.pk} is no longer waiting for a result.", job)
     _moved(job, JobStatus.FAILED, changes)
