@@ -341,7 +341,7 @@ def _after_save(
         if raw:
             continue
         if changed is CLEARED:
-            services.cancel_unpaid(instance, field.name, using=using)
+            services.cancel_unpaid(instance, field.name)
             continue
         if changed:
             wanted = field.trigger_allows(instance)

@@ -233,3 +233,20 @@ def test_upload_names_differ_across_databases_sharing_an_account(dummy_tasks):
     field = Product._meta.get_field("photo")
     # The same job id in another site's (or a reset) database gets another name.
     assert remote.new_upload_path(job, field) != remote.new_upload_path(job, field)
+
+
+@pytest.mark.django_db(databases=["default", "other"], transaction=True)
+def test_a_model_in_another_database_is_submitted_finished_and_reconciled(emulator):
+    from tests.test_callbacks_service import callback_payload
+    from tests.testapp.models import Poster
+
+    poster = Poster.objects.create(image=make_image("poster.png", seed=8))
+    assert poster._state.db == "other"
+    job = poster.image.removal
+    assert job._state.db == "default" and job.status == JobStatus.PENDING  # sent at commit
+    services.apply_callback(job.pk, callback_payload(emulator, job))
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert services.reconcile()["errors"] == 0
+    again = Poster.objects.get(pk=poster.pk)
+    assert again.image.result_file is not None and again.image.result_url == job.result_url

@@ -8,10 +8,11 @@ rollback sends nothing, and a crash after the commit leaves a queued job that re
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import ExitStack
 from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist
-from django.db import models, transaction
+from django.db import models, router, transaction
 from django.db.models import Case, When
 from django.urls import reverse
 from django.utils import timezone
@@ -149,6 +150,17 @@ def enqueue_submit_on_commit(job_id: int, *, using: str | None = None) -> None:
     )
 
 
+def _atomic(objects_db: str, jobs_db: str, *, savepoint: bool = True) -> Any:
+    """One transaction, or two when the objects and the jobs live in different databases: the
+    objects' commits last, so the task enqueued at its commit finds the job committed."""
+    if objects_db == jobs_db:
+        return transaction.atomic(using=jobs_db, savepoint=savepoint)
+    stack = ExitStack()
+    stack.enter_context(transaction.atomic(using=objects_db, savepoint=False))
+    stack.enter_context(transaction.atomic(using=jobs_db, savepoint=savepoint))
+    return stack
+
+
 def _create(
     instance: models.Model,
     field: Any,
@@ -163,10 +175,16 @@ def _create(
     only_if_idle: bool = False,
     using: str | None = None,
 ) -> RemovalJob:
-    """Write the job in the current transaction (the caller's, or a new one in autocommit)."""
+    """Write the job in the current transaction (the caller's, or a new one in autocommit).
+
+    The jobs live in the database the routers give ``RemovalJob`` (where every worker looks for
+    them); the object may live in another (``using``): its row is locked there, and the submit
+    task is enqueued when the object's transaction commits."""
     content_type = owner_content_type(type(instance), field.name)
     object_id = str(instance.pk)
     model = type(instance)
+    objects_db = using or instance._state.db or router.db_for_write(model)
+    jobs_db = router.db_for_write(RemovalJob)
     source_name = _source_name(instance, field)
     now = timezone.now()
     failure = (
@@ -175,10 +193,10 @@ def _create(
         else None
     )
     # The save path runs inside the save's transaction: no savepoint, a failure fails the save.
-    with transaction.atomic(using=using, savepoint=trigger != Trigger.SAVE):
+    with _atomic(objects_db, jobs_db, savepoint=trigger != Trigger.SAVE):
         if failure is None:
             try:
-                budget.reserve(1, using=using)
+                budget.reserve(1)
             except budget.BudgetExhausted as exc:
                 if trigger != Trigger.SAVE:
                     raise
@@ -189,7 +207,8 @@ def _create(
             # is the row's, read under the lock: a concurrent save may have stored a newer one
             # than this instance holds, and the live job must be for what the row holds.
             stored = list(
-                model._base_manager.select_for_update()
+                model._base_manager.db_manager(objects_db)
+                .select_for_update()
                 .filter(pk=instance.pk)
                 .values_list(field.attname, flat=True)
             )
@@ -212,7 +231,7 @@ def _create(
         older = lifecycle.supersede_older(
             RemovalJob(content_type=content_type, object_id=object_id, field_name=field.name)
         )
-        job = RemovalJob.objects.db_manager(using).create(
+        job = RemovalJob.objects.create(
             content_type=content_type,
             object_id=object_id,
             field_name=field.name,
@@ -235,13 +254,13 @@ def _create(
             )
         forget_state(instance, field.name)
         if failure is None:
-            enqueue_submit_on_commit(job.pk, using=using)
+            enqueue_submit_on_commit(job.pk, using=objects_db)
         else:
             lifecycle.send_on_commit(removal_failed, job.pk)
     return job
 
 
-def cancel_unpaid(instance: models.Model, field_name: str, *, using: str | None = None) -> int:
+def cancel_unpaid(instance: models.Model, field_name: str) -> int:
     """Cancel the image's unfinished job while nothing has been paid for it yet (queued, or
     waiting on an identical image): the save that cleared the image no longer wants it. A job
     a worker is already sending runs on. Returns how many were cancelled."""
@@ -385,9 +404,11 @@ def request_batch(
     pks = [pk for pk, _ in rows]
     object_ids = [str(pk) for pk in pks]
     now = timezone.now()
-    with transaction.atomic():
+    objects_db = router.db_for_write(model)
+    with _atomic(objects_db, router.db_for_write(RemovalJob)):
         budget.reserve(len(rows))
-        list(model._base_manager.select_for_update().filter(pk__in=pks).values_list("pk"))
+        objects = model._base_manager.db_manager(objects_db).select_for_update()
+        list(objects.filter(pk__in=pks).values_list("pk"))
         live = RemovalJob.objects.filter(
             content_type=content_type,
             field_name=field.name,
@@ -436,5 +457,5 @@ def request_batch(
                 )
             )
         for job in jobs:
-            enqueue_submit_on_commit(job.pk)
+            enqueue_submit_on_commit(job.pk, using=objects_db)
     return [job.pk for job in jobs]
