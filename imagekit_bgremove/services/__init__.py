@@ -28,6 +28,7 @@ from .request import (
     RequestError,
     base_options,
     cancel,
+    cancel_unpaid,
     field_options,
     removal_field,
     removal_field_names,
@@ -39,10 +40,8 @@ from .request import (
 )
 from .results import (
     CallbackOutcome,
-    CallbackRead,
     apply_callback,
     apply_parsed_callback,
-    read_for_callback,
 )
 from .submission import submit
 
@@ -52,7 +51,6 @@ __all__ = [
     "BudgetExhausted",
     "CallbackError",
     "CallbackOutcome",
-    "CallbackRead",
     "JobInProgress",
     "NotCancellable",
     "NotRetryable",
@@ -63,13 +61,13 @@ __all__ = [
     "base_options",
     "budget",
     "cancel",
+    "cancel_unpaid",
     "check",
     "enqueue_reconcile",
     "failure_reason",
     "field_options",
     "finalize",
     "parse_callback",
-    "read_for_callback",
     "reconcile",
     "removal_field",
     "removal_field_names",
