@@ -895,7 +895,7 @@ def test_delivery_page_shows_the_headers_once(client, staff):
 
 def test_cancel_a_running_job_from_the_object_page_and_the_job_page(client, staff):
     product = make_product("mug")
-    job = job_for(product, point=True, status=JobStatus.PENDING)
+    job = job_for(product, status=JobStatus.PENDING)
     change = f"{CHANGELIST}{product.pk}/change/"
     html = client.get(change).content.decode()
     cancel = f"{JOBS}{job.pk}/cancel/"
