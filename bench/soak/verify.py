@@ -542,6 +542,7 @@ def check_callbacks(snapshot, state, tolerance: float) -> Check:
     emulator_200 = 0
     unanswered = 0
     refused_stale = 0
+    early = 0  # 409: it came before the job knew its file; the emulator sends it again
     for callback in state["callbacks"]:
         label = (
             f"callback {callback['id']} ({callback['reportedStatus']}, file {callback['fileId']})"
@@ -559,6 +560,9 @@ def check_callbacks(snapshot, state, tolerance: float) -> Check:
             elif status == 401 and _stale(attempt, tolerance):
                 refused_stale += 1
                 last_kind = "stale"
+            elif status == 409:
+                early += 1
+                last_kind = "early"
             else:
                 last_kind = "bad"
                 c.violations.append(
@@ -573,7 +577,8 @@ def check_callbacks(snapshot, state, tolerance: float) -> Check:
                 f"{'unanswered' if last_kind == 'none' else last_kind}"
             )
     stored_200 = sum(1 for d in snapshot["deliveries"] if d["status_code"] == 200)
-    repeats = snapshot["counted"].get("duplicate", 0)
+    # Repeats and callbacks that changed nothing are counted, not stored.
+    repeats = snapshot["counted"].get("duplicate", 0) + snapshot["counted"].get("ignored", 0)
     interrupted = 0
     for delivery in snapshot["deliveries"]:
         if delivery["status_code"] is None:
@@ -594,7 +599,14 @@ def check_callbacks(snapshot, state, tolerance: float) -> Check:
             f"the app answered {answered_by_app} callbacks, more than the emulator sent "
             f"({emulator_200} answered, {unanswered} cut off)"
         )
-    refused = {k: n for k, n in snapshot["counted"].items() if k != "duplicate"}
+    refused = {
+        k: n for k, n in snapshot["counted"].items() if k not in ("duplicate", "ignored", "early")
+    }
+    if snapshot["counted"].get("early", 0) < early:
+        c.violations.append(
+            f"the emulator got 409 {early} times, the app counted "
+            f"{snapshot['counted'].get('early', 0)}"
+        )
     stale_counted = refused.pop("signature_stale", 0)
     if refused:
         c.violations.append(f"the webhook refused genuine callbacks: {refused}")
@@ -606,7 +618,8 @@ def check_callbacks(snapshot, state, tolerance: float) -> Check:
     c.detail = (
         f"{len(state['callbacks'])}: delivered {totals['delivered']}, lost {totals['lost']} "
         f"(fault), refused as stale retries {totals['gave_up'] + totals['scheduled']}; "
-        f"attempts: {emulator_200} answered 200, {refused_stale} refused 401 stale, "
+        f"attempts: {emulator_200} answered 200, {early} answered 409 early, "
+        f"{refused_stale} refused 401 stale, "
         f"{unanswered} cut off by a kill ({interrupted} of them recorded by the app first)"
     )
     return c
