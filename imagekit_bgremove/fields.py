@@ -315,7 +315,7 @@ class BackgroundRemovalImageField(models.ImageField):
         declined when it was stored (a draft) is asked again at each later save until it
         accepts. Asked only when the trigger accepts: a read of the jobs."""
         name = self._stored_name(instance)
-        if not name or not self.trigger_allows(instance):
+        if not isinstance(name, str) or not name or not self.trigger_allows(instance):
             return False
         latest = state_of(instance, self.name).latest
         return latest is None or latest.source_name != name

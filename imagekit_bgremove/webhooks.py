@@ -22,6 +22,7 @@ body not JSON (or nested too deep),    400     counted (malformed)
 not an object, not a remove-bg
 callback of the documented shape
 repeated, or ignored (changes nothing)  200     counted (duplicate / ignored)
+before the job knows its file           409     counted (early); ImageKit delivers it again
 accepted (changes a job)               200     delivery row
 anything unexpected (bug, DB error)    500     delivery row (ImageKit retries for 24 h)
 =====================================  ======  ===========================================
@@ -242,7 +243,10 @@ class ImageKitWebhookView(APIView):
             return _reply(500, DeliveryVerdict.ERROR, "processing failed; ImageKit will retry")
         if not outcome.changed:
             _count(request, str(outcome.verdict))
-        return _reply(200, str(outcome.verdict), outcome.message, job=job_id)
+        # A callback that cannot be bound to the job yet: any answer but 200 makes ImageKit
+        # deliver it again later.
+        status = 409 if outcome.verdict == "early" else 200
+        return _reply(status, str(outcome.verdict), outcome.message, job=job_id)
 
     def _refuse(
         self, request: HttpRequest, status: int, kind: str, message: str, **extra: Any

@@ -152,7 +152,7 @@ def test_a_callback_before_the_job_knows_its_file_is_not_taken(emulator, run_on_
     )
     with run_on_commit():
         outcome = services.apply_callback(job.pk, payload)
-    assert outcome.verdict == "ignored"  # the body alone does not name the job's file
+    assert outcome.verdict == "early"  # not bound from the body: ImageKit sends it again
     job.refresh_from_db()
     assert job.status == JobStatus.SUBMITTING and not job.result_url
     # The submit task records ImageKit's answer; the check (or a retried callback) then binds it.

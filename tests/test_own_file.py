@@ -49,11 +49,15 @@ def test_a_result_naming_the_version_the_job_sent_is_ignored(client, dummy_tasks
     assert unchanged(job)
 
 
-def test_a_result_before_the_job_knows_its_file_is_ignored(client, dummy_tasks):
+def test_a_callback_before_the_job_knows_its_file_is_asked_for_again(client, dummy_tasks):
+    """ImageKit may call back before the worker recorded the upload's answer: the callback is
+    not bound from its body, and a non-200 makes ImageKit deliver it again later."""
     job = make_job(file_id="", status=JobStatus.SUBMITTING)
-    response = post(client, url_for(job), success("file_any", "ver_1"))
-    assert response.json()["verdict"] == "ignored"
-    assert unchanged(job) and job.file_id == ""
+    for body in (success("file_any", "ver_1"), failure("file_any")):
+        response = post(client, url_for(job), body)
+        assert (response.status_code, response.json()["verdict"]) == (409, "early")
+        assert unchanged(job) and job.file_id == ""
+    assert not WebhookDelivery.objects.exists()
 
 
 def test_a_failure_for_another_file_does_not_fail_the_job(client, dummy_tasks):

@@ -395,7 +395,7 @@ def test_a_result_called_back_before_the_uploads_answer_is_taken_from_imagekit(l
     job = jobs_of(product).get()
     assert job.status == JobStatus.PENDING, (job.status, job.error_message)
     (callback,) = live_emulator.state()["callbacks"]
-    assert callback["attempts"][0]["status"] == 200  # answered "ignored", not retried
+    assert callback["attempts"][0]["status"] == 409  # "early": ImageKit is to send it again
     assert services.check(job.pk, timezone.now() + timedelta(hours=1)) == "succeeded"
     job.refresh_from_db()
     (upload,) = uploads(live_emulator)

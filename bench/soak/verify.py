@@ -196,11 +196,10 @@ def _documented_no_result(job, index: Index) -> str | None:
     reached = index.callback_reached_app(emulator_job)
     if emulator_job["status"] == "failed" and not reached:
         return "FAILURE callback never reached the app"
-    if emulator_job["status"] == "success" and emulator_job.get("resultFileId") and not reached:
-        return (
-            "result stored as a NEW file and its callback never reached the app: reconcile "
-            "only looks for a new version of the uploaded file (docs/ARCHITECTURE.md)"
-        )
+    if emulator_job["status"] == "success" and emulator_job.get("resultFileId"):
+        # The emulator's fault, not ImageKit's documented behaviour: a result counts only for
+        # the job's own file, so neither its callback nor the check takes it.
+        return "result stored as a NEW file: not the job's own file (docs/ARCHITECTURE.md)"
     return None
 
 
@@ -542,6 +541,7 @@ def check_callbacks(snapshot, state, tolerance: float) -> Check:
     emulator_200 = 0
     unanswered = 0
     refused_stale = 0
+    early = 0  # 409: it came before the job knew its file; the emulator sends it again
     for callback in state["callbacks"]:
         label = (
             f"callback {callback['id']} ({callback['reportedStatus']}, file {callback['fileId']})"
@@ -559,6 +559,9 @@ def check_callbacks(snapshot, state, tolerance: float) -> Check:
             elif status == 401 and _stale(attempt, tolerance):
                 refused_stale += 1
                 last_kind = "stale"
+            elif status == 409:
+                early += 1
+                last_kind = "early"
             else:
                 last_kind = "bad"
                 c.violations.append(
@@ -573,7 +576,8 @@ def check_callbacks(snapshot, state, tolerance: float) -> Check:
                 f"{'unanswered' if last_kind == 'none' else last_kind}"
             )
     stored_200 = sum(1 for d in snapshot["deliveries"] if d["status_code"] == 200)
-    repeats = snapshot["counted"].get("duplicate", 0)
+    # Repeats and callbacks that changed nothing are counted, not stored.
+    repeats = snapshot["counted"].get("duplicate", 0) + snapshot["counted"].get("ignored", 0)
     interrupted = 0
     for delivery in snapshot["deliveries"]:
         if delivery["status_code"] is None:
@@ -594,7 +598,14 @@ def check_callbacks(snapshot, state, tolerance: float) -> Check:
             f"the app answered {answered_by_app} callbacks, more than the emulator sent "
             f"({emulator_200} answered, {unanswered} cut off)"
         )
-    refused = {k: n for k, n in snapshot["counted"].items() if k != "duplicate"}
+    refused = {
+        k: n for k, n in snapshot["counted"].items() if k not in ("duplicate", "ignored", "early")
+    }
+    if snapshot["counted"].get("early", 0) < early:
+        c.violations.append(
+            f"the emulator got 409 {early} times, the app counted "
+            f"{snapshot['counted'].get('early', 0)}"
+        )
     stale_counted = refused.pop("signature_stale", 0)
     if refused:
         c.violations.append(f"the webhook refused genuine callbacks: {refused}")
@@ -606,7 +617,8 @@ def check_callbacks(snapshot, state, tolerance: float) -> Check:
     c.detail = (
         f"{len(state['callbacks'])}: delivered {totals['delivered']}, lost {totals['lost']} "
         f"(fault), refused as stale retries {totals['gave_up'] + totals['scheduled']}; "
-        f"attempts: {emulator_200} answered 200, {refused_stale} refused 401 stale, "
+        f"attempts: {emulator_200} answered 200, {early} answered 409 early, "
+        f"{refused_stale} refused 401 stale, "
         f"{unanswered} cut off by a kill ({interrupted} of them recorded by the app first)"
     )
     return c

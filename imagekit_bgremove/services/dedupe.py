@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-from django.db import connections, router, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from .. import lifecycle, queueing
@@ -35,29 +35,14 @@ def content_key(source_hash: str, options: RemoveBgOptions) -> str:
     return hashlib.sha256(f"{source_hash}\n{options.cache_key()}".encode()).hexdigest()
 
 
-def _take_or_lock(key: str, job_id: int) -> ContentClaim | None:
-    """Claim ``key`` for ``job_id``: None when the claim is now this job's, else the claim
-    another job holds, locked. One ``INSERT ... ON CONFLICT DO NOTHING`` in the common case, where
-    ``get_or_create`` took a locking SELECT, the INSERT and two savepoints; a concurrent insert
-    of the same key makes the INSERT wait for that transaction, then the row is locked."""
-    connection = connections[router.db_for_write(ContentClaim)]
-    meta = ContentClaim._meta
-    quote = connection.ops.quote_name
-    table = quote(meta.db_table)
-    key_col, job_col, at_col = (
-        quote(meta.get_field(f).column) for f in ("key", "job", "updated_at")
-    )
-    # Only our own table and column names are formatted in, quoted by the backend.
-    sql = (
-        f"INSERT INTO {table} ({key_col}, {job_col}, {at_col}) "  # noqa: S608
-        f"VALUES (%s, %s, %s) ON CONFLICT ({key_col}) DO NOTHING"
-    )
-    now = meta.get_field("updated_at").get_db_prep_value(timezone.now(), connection)
+def _take_or_lock(key: str, job_id: int) -> ContentClaim:
+    """The claim of ``key``, locked: ``job_id``'s own when no job held it. Of two jobs claiming
+    one key at once, the unique key makes the second INSERT wait for the first's transaction,
+    then do nothing; each then locks the claim that stands."""
     for _ in range(3):  # the holder's claim may be deleted (with its job) in between
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [key, job_id, now])
-            if cursor.rowcount == 1:
-                return None
+        ContentClaim.objects.bulk_create(
+            [ContentClaim(key=key, job_id=job_id)], ignore_conflicts=True
+        )
         held = ContentClaim.objects.select_for_update().filter(key=key).first()
         if held is not None:
             return held
@@ -70,7 +55,7 @@ def claim(job: RemovalJob, key: str, *, lease: int) -> Decision:
     # Inside the submission's transaction: no savepoint of its own (a failure fails it all).
     with transaction.atomic(savepoint=False):
         held = _take_or_lock(key, job.pk)
-        if held is None or held.job_id == job.pk:
+        if held.job_id == job.pk:
             return "own"
         holder = RemovalJob.objects.filter(pk=held.job_id).first()
         gone = holder is not None and holder.status in (JobStatus.SUPERSEDED, JobStatus.CANCELLED)

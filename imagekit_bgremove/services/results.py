@@ -34,7 +34,7 @@ _OPTION_WORDS = re.compile(r"bg_colou?r|bg_image_url|add_shadow|semitransparency
 
 @dataclass
 class CallbackOutcome:
-    verdict: str  # "accepted", "duplicate" or "ignored"
+    verdict: str  # "accepted", "duplicate", "ignored" or "early" (not yet: ask for it again)
     message: str
     job: RemovalJob | None = None
     #: Whether the job's row was written (only then is the delivery worth a row of its own).
@@ -118,6 +118,13 @@ def _not_its_own(job: RemovalJob, callback: Callback) -> CallbackOutcome | None:
     only for the file the job uploaded or updated (recorded from ImageKit's own answer, never
     from a callback), and a result only for a version other than the one the job sent."""
     named = callback.result.file_id if callback.result is not None else callback.file_id
+    if not job.file_id and job.status in (JobStatus.QUEUED, JobStatus.SUBMITTING):
+        # ImageKit answered the callback before our worker recorded the upload's answer: the
+        # callback cannot be bound yet. "early" is answered with a non-200, so ImageKit sends
+        # it again later (it retries for a day).
+        return CallbackOutcome(
+            "early", f"Job #{job.pk} does not know its file at ImageKit yet; send it again.", job
+        )
     if not job.file_id or named != job.file_id:
         return CallbackOutcome(
             "ignored",
