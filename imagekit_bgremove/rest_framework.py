@@ -66,6 +66,7 @@ from rest_framework.settings import api_settings
 from . import services
 from .api import (
     ACCEPTED_HEADERS,
+    PARSER_CLASSES,
     CodedErrorsMixin,
     OptionsField,
     PayloadTooLarge,
@@ -84,6 +85,7 @@ from .models import JobStatus, Trigger
 from .options import OptionsError
 
 __all__ = [
+    "PARSER_CLASSES",
     "BackgroundRemovalField",
     "BackgroundRemovalStateSerializer",
     "BackgroundRemovalViewSetMixin",

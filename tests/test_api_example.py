@@ -73,6 +73,31 @@ def test_wrong_password_gets_no_token():
     staff()
     answer = APIClient().post("/api/token/", {"username": "editor", "password": "nope"})
     assert answer.status_code == 400
+    # The documented shape of every error that is not about one field.
+    assert answer.json() == {
+        "detail": "Unable to log in with provided credentials.",
+        "code": "invalid_credentials",
+    }
+    answer = APIClient().post("/api/token/", {"username": "editor"})
+    assert answer.json() == {"password": ["This field is required."]}
+
+
+def test_the_token_endpoint_is_throttled_per_address(settings):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"token": "3/hour"},
+    }
+    staff()
+    guesses = [
+        APIClient().post("/api/token/", {"username": "editor", "password": f"guess{n}"})
+        for n in range(4)
+    ]
+    assert [answer.status_code for answer in guesses] == [400, 400, 400, 429]
+    assert guesses[-1].json()["code"] == "throttled" and guesses[-1]["Retry-After"]
+    # The right password from that address waits too; another address does not.
+    right = {"username": "editor", "password": "s3cret-editor"}
+    assert APIClient().post("/api/token/", right).status_code == 429
+    assert APIClient(REMOTE_ADDR="10.0.0.9").post("/api/token/", right).status_code == 200
 
 
 def test_no_or_a_bad_token_is_401_asking_for_a_token():

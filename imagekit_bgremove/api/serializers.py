@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +20,7 @@ from ..api_schema import (
 )
 from ..models import JobStatus, RemovalJob
 from ..options import OptionsError, RemoveBgOptions
+from ..safejson import loads
 from .helpers import (
     job_content_type,
     job_url,
@@ -87,7 +87,7 @@ class OptionsField(serializers.Field):
             if not data.strip():
                 return {}
             try:
-                data = json.loads(data)
+                data = loads(data)
             except ValueError as exc:
                 self.fail("json", error=exc)
         if not isinstance(data, Mapping):

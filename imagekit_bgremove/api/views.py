@@ -42,6 +42,7 @@ from .helpers import (
     resolve_model,
     seconds_until_tomorrow,
 )
+from .parsers import PARSER_CLASSES
 from .responses import ACCEPTED_HEADERS, accepted_response, error_responses
 from .serializers import (
     RemovalFilterSerializer,
@@ -123,6 +124,8 @@ class RemovalAPIViewMixin(CodedErrorsMixin):
     # - "code" next to "detail" in error bodies;
     # - the RemovalRateThrottle on the actions in removal_throttled_actions.
 
+    #: JSON nested too deeply or with numbers that are not finite is a 400, never a 500.
+    parser_classes = PARSER_CLASSES
     #: Bodies larger than this are refused with 413 (None: no limit of ours).
     max_body_bytes: int | None = 64 * 1024
     #: Throttles applied to the actions that start paid work, on top of the view's own.

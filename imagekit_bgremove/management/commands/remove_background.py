@@ -29,7 +29,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from imagekit_bgremove import signatures
+from imagekit_bgremove import safejson, signatures
 from imagekit_bgremove.callback import CallbackError, RemoteFile, extension_status, parse_callback
 from imagekit_bgremove.conf import app_settings
 from imagekit_bgremove.exceptions import ImageKitError
@@ -108,7 +108,7 @@ class CallbackListener:
                     listener.problems.put(f"refused a callback: signature {exc.reason}")
                     return self._answer(401, exc.reason)
                 try:
-                    payload = json.loads(body)
+                    payload = safejson.loads(body)
                 except ValueError:
                     listener.problems.put("refused a callback: body is not JSON")
                     return self._answer(400, "not JSON")
