@@ -11,7 +11,8 @@
 
 A real ImageKit account cannot reach a listener on 127.0.0.1: with a real account the command
 also polls the file's details every few seconds and takes the first new version as the result.
-The uploaded file stays in the ImageKit media library (under ``FOLDER``/cli).
+The uploaded file stays in the ImageKit media library (under ``FOLDER``/cli). Each run counts
+against ``DAILY_REMOVAL_LIMIT`` like a request from the site.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from imagekit_bgremove.exceptions import ImageKitError
 from imagekit_bgremove.images import sniff_image
 from imagekit_bgremove.lifecycle import Refused
 from imagekit_bgremove.options import OptionsError, RemoveBgOptions
-from imagekit_bgremove.services import remote
+from imagekit_bgremove.services import budget, remote
 from imagekit_bgremove.services.finalization import fetch_result
 
 MAX_CALLBACK_BYTES = 1024 * 1024
@@ -203,6 +204,12 @@ class Command(BaseCommand):
         if not output.parent.is_dir():
             raise CommandError(f"Cannot write {output}: directory {output.parent} does not exist.")
         options = self._options(opts)
+        try:
+            # A run spends extension units like any other request: it counts against the
+            # day's budget before anything is sent (a failed upload does not give it back).
+            budget.reserve(1)
+        except budget.BudgetExhausted as exc:
+            raise CommandError(f"Nothing was sent: {exc}") from exc
 
         started = self._start_emulator()
         try:
