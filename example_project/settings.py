@@ -184,6 +184,12 @@ def _imagekit_settings() -> dict:
     secrets = env.list("IMAGEKIT_WEBHOOK_SECRETS", default=[])
     if secrets:
         values["WEBHOOK_SECRETS"] = secrets
+    # The emulator fetches backgrounds from this machine (this site's media, say); ImageKit
+    # fetches them from the internet only.
+    values["BG_IMAGE_ALLOWED_HOSTS"] = env.list(
+        "IMAGEKIT_BG_IMAGE_ALLOWED_HOSTS",
+        default=[] if "PRIVATE_KEY" in values else ["127.0.0.1", "localhost"],
+    )
     return values
 
 

@@ -29,6 +29,7 @@ from django.db.models.fields.files import FieldFile, ImageFieldFile, ImageFileDe
 from django.db.models.signals import class_prepared, post_init, post_save, pre_save
 
 from . import services
+from .inputs import validate_image_pixels
 from .models import JobStatus, Trigger, next_job_id
 from .options import OptionsError, RemoveBgOptions
 from .statements import NextId
@@ -166,6 +167,8 @@ class _Descriptor(ImageFileDescriptor):
 class BackgroundRemovalImageField(models.ImageField):
     attr_class = BackgroundRemovalFieldFile
     descriptor_class = _Descriptor
+    # Forms and the admin refuse a new image over MAX_IMAGE_PIXELS before a job is recorded.
+    default_validators = [*models.ImageField.default_validators, validate_image_pixels]
     description = "Image whose background is removed through ImageKit"
     #: How the rest of the app recognises these fields without importing this module.
     removes_background = True

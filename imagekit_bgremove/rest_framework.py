@@ -81,6 +81,7 @@ from .api import (
 )
 from .api_schema import OpenApiExample, extend_schema
 from .conf import app_settings
+from .inputs import InputError, check_pixels
 from .models import JobStatus, Trigger
 from .options import OptionsError
 
@@ -153,7 +154,12 @@ class BackgroundRemovalField(serializers.ImageField):
         size = getattr(data, "size", None)
         if limit and isinstance(size, int) and size > limit:
             raise PayloadTooLarge(f"The image is {size} bytes; the limit is {limit}.")
-        return super().to_internal_value(data)
+        value = super().to_internal_value(data)
+        try:
+            check_pixels(value)
+        except InputError as exc:
+            raise ValidationError(str(exc), code="too_many_pixels") from exc
+        return value
 
     def to_representation(self, value: Any) -> dict[str, Any] | None:
         if not value or not getattr(value, "name", None):

@@ -129,3 +129,29 @@ def test_debug_is_off_and_throttles_count_in_a_shared_cache(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "django.core.cache.backends.db.DatabaseCache", "1"]
+
+
+ALLOWED_SCRIPT = """
+import django
+django.setup()
+from imagekit_bgremove.conf import app_settings
+print(",".join(app_settings.BG_IMAGE_ALLOWED_HOSTS) or "-")
+"""
+
+
+def test_the_examples_bg_image_allowance_follows_the_environment(tmp_path):
+    def allowed(**env: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", ALLOWED_SCRIPT],
+            cwd=ROOT,
+            env={**example_env(tmp_path), **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert allowed() == "127.0.0.1,localhost"  # the emulator fetches from this machine
+    assert allowed(IMAGEKIT_PRIVATE_KEY="private_x") == "-"  # ImageKit: public URLs only
+    assert allowed(IMAGEKIT_BG_IMAGE_ALLOWED_HOSTS="cdn.local,10.0.0.0/8") == "cdn.local,10.0.0.0/8"

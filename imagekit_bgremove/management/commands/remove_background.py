@@ -17,6 +17,7 @@ against ``DAILY_REMOVAL_LIMIT`` like a request from the site.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -35,6 +36,7 @@ from imagekit_bgremove.callback import CallbackError, RemoteFile, extension_stat
 from imagekit_bgremove.conf import app_settings
 from imagekit_bgremove.exceptions import ImageKitError
 from imagekit_bgremove.images import sniff_image
+from imagekit_bgremove.inputs import InputError, check_options, check_pixels
 from imagekit_bgremove.lifecycle import Refused
 from imagekit_bgremove.options import OptionsError, RemoveBgOptions
 from imagekit_bgremove.services import budget, remote
@@ -315,6 +317,10 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{source} is not an image (expected JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF)."
             )
+        try:
+            check_pixels(io.BytesIO(data))
+        except InputError as exc:
+            raise CommandError(f"{exc} Nothing was sent.") from exc
         return data
 
     def _options(self, opts: dict[str, Any]) -> RemoveBgOptions:
@@ -328,7 +334,9 @@ class Command(BaseCommand):
         if opts.get("no_semitransparency"):
             given["semitransparency"] = False
         try:
-            return RemoveBgOptions.from_dict(given)
+            options = RemoveBgOptions.from_dict(given)
+            check_options(options)
+            return options
         except OptionsError as exc:
             raise CommandError(f"Invalid options: {exc}") from exc
 
