@@ -174,3 +174,30 @@ def test_schema_and_documentation_pages(url, marker):
     response = APIClient().get(url)
     assert response.status_code == 200
     assert marker in response.content.decode().lower()
+
+
+def test_the_redoc_page_loads_no_image_from_a_cdn():
+    pytest.importorskip("drf_spectacular")
+    response = APIClient().get("/api/redoc/")
+    # Redoc's bundle shows Redocly's logo from cdn.redoc.ly: the page's policy forbids it.
+    assert response["Content-Security-Policy"] == "img-src 'self' data:"
+    html = response.content.decode()
+    assert "https://" not in html and "http://" not in html
+
+
+def test_the_product_list_is_paginated_like_the_jobs_list():
+    client = token_client(staff())
+    Product.objects.bulk_create([Product(name=f"p{n:02}") for n in range(30)])
+    page = client.get("/api/products/").json()
+    assert (page["count"], len(page["results"]), page["previous"]) == (30, 25, None)
+    assert page["results"][0]["name"] == "p00" and page["next"].endswith("?page=2")
+    assert len(client.get("/api/products/?page_size=5&page=6").json()["results"]) == 5
+
+
+def test_every_product_operation_has_a_summary():
+    pytest.importorskip("drf_spectacular")
+    schema = APIClient().get("/api/schema/?format=json").json()
+    for path, methods in schema["paths"].items():
+        if path.startswith("/api/products/"):
+            for method, operation in methods.items():
+                assert operation.get("summary"), f"{method.upper()} {path}"

@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
-from imagekit_bgremove.api import error_responses
+from imagekit_bgremove.api import RemovalPagination, error_responses
 from imagekit_bgremove.api_schema import OpenApiExample, extend_schema, extend_schema_view
 from imagekit_bgremove.rest_framework import (
     PARSER_CLASSES,
@@ -70,9 +70,18 @@ UPLOAD_EXAMPLE = OpenApiExample(
 
 @extend_schema(tags=["products"])
 @extend_schema_view(
-    list=extend_schema(responses={200: ProductSerializer(many=True), **error_responses(401, 403)}),
-    retrieve=extend_schema(responses={200: ProductSerializer, **error_responses(401, 403, 404)}),
+    list=extend_schema(
+        summary="List products",
+        description="By name, paginated like the removal jobs (page, page_size).",
+        responses={200: ProductSerializer(many=True), **error_responses(401, 403)},
+    ),
+    retrieve=extend_schema(
+        summary="One product",
+        description="With its photo's removal state: poll photo.job while it is unfinished.",
+        responses={200: ProductSerializer, **error_responses(401, 403, 404)},
+    ),
     create=extend_schema(
+        summary="Create a product",
         description="Upload a photo (multipart/form-data: photo, and photo_options as a JSON "
         "string) to have its background removed; the answer has the job to poll under "
         "photo.job.",
@@ -80,12 +89,18 @@ UPLOAD_EXAMPLE = OpenApiExample(
         examples=[UPLOAD_EXAMPLE],
     ),
     update=extend_schema(
-        responses={200: ProductSerializer, **PRODUCT_ERRORS, **error_responses(404)}
+        summary="Replace a product",
+        description="A new photo has its background removed, as on create.",
+        responses={200: ProductSerializer, **PRODUCT_ERRORS, **error_responses(404)},
     ),
     partial_update=extend_schema(
-        responses={200: ProductSerializer, **PRODUCT_ERRORS, **error_responses(404)}
+        summary="Change a product",
+        description="A new photo has its background removed, as on create.",
+        responses={200: ProductSerializer, **PRODUCT_ERRORS, **error_responses(404)},
     ),
-    destroy=extend_schema(responses={204: None, **error_responses(401, 403, 404)}),
+    destroy=extend_schema(
+        summary="Delete a product", responses={204: None, **error_responses(401, 403, 404)}
+    ),
 )
 class ProductViewSet(BackgroundRemovalViewSetMixin, viewsets.ModelViewSet):
     """The catalogue's products; each photo uploaded has its background removed."""
@@ -93,6 +108,7 @@ class ProductViewSet(BackgroundRemovalViewSetMixin, viewsets.ModelViewSet):
     queryset = Product.objects.all()
     serializer_class = ProductSerializer
     permission_classes = [ProductPermissions]
+    pagination_class = RemovalPagination
 
 
 class TokenSerializer(serializers.Serializer):

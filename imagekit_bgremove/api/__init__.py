@@ -4,7 +4,9 @@
 ``POST   api/removals/``                    request a removal; body ``{"model": "catalogue.product",
                                             "object_id": "1", "field": "photo", "options": {...},
                                             "force": false}`` -> 202 with the job, ``Location`` and
-                                            ``Retry-After``
+                                            ``Retry-After``; 409 while a job for that image is
+                                            unfinished; ``field`` may be left out when the model
+                                            has one image field
 ``GET    api/removals/``                    jobs, newest first, paginated; filters ``model``,
                                             ``object_id``, ``field``, ``status``
 ``GET    api/removals/<id>/``               one job, with an ``ETag``: ``If-None-Match`` -> 304

@@ -352,8 +352,10 @@ class RemovalViewSet(
         parameters=ACCEPTED_HEADERS,
         responses={
             202: accepted_response("Queued; poll the job at Location."),
-            **error_responses(400, 401, 403, 413, 415, 429),
+            **error_responses(400, 401, 403, 409, 413, 415, 429),
         },
+        description="Refused with 409 while a job for that image is unfinished, as the "
+        "remove-background endpoint of a project's own API is.",
         examples=[
             OpenApiExample(
                 "Remove the background of product 1's photo, on white",
@@ -386,7 +388,10 @@ class RemovalViewSet(
                 trigger=Trigger.API,
                 user=request.user,
                 force=data["force"],
+                only_if_idle=True,
             )
+        except services.JobInProgress as exc:
+            return self.conflict(exc, exc.job, "job_in_progress")
         except OptionsError as exc:
             raise ValidationError({"options": options_errors(exc)}) from exc
         except services.RequestError as exc:
