@@ -73,7 +73,7 @@ UPLOAD_EXAMPLE = OpenApiExample(
     list=extend_schema(
         summary="List products",
         description="By name, paginated like the removal jobs (page, page_size).",
-        responses={200: ProductSerializer(many=True), **error_responses(401, 403)},
+        responses={200: ProductSerializer(many=True), **error_responses(401, 403, 404)},
     ),
     retrieve=extend_schema(
         summary="One product",
