@@ -67,7 +67,7 @@ def check_bg_image_url(url: str) -> None:
         return
     try:
         addresses = _addresses(host)
-    except (OSError, UnicodeError):
+    except (OSError, ValueError):  # ValueError: a name IDNA cannot encode, a NUL
         raise InputError(
             f"names the host {host!r}, which does not resolve: ImageKit could not fetch it. "
             "Use a public http(s) URL."
