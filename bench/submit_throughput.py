@@ -115,7 +115,7 @@ for number, path in enumerate(paths):
         product = Product.objects.create(
             name=f"bench {tag} {number}", photo=ContentFile(fh.read(), name=f"bench-{number}.jpg")
         )
-    jobs.append(product.photo_removal_id)
+    jobs.append(product.photo.removal.pk)
     files.append([str(settings.MEDIA_ROOT / product.photo.name), product.photo.name.split("/")[-1]])
 print(json.dumps({"jobs": jobs, "files": files}))
 """
@@ -136,7 +136,7 @@ for number, path in enumerate(paths):
         product = Product.objects.create(
             name=f"bench profile {number}", photo=ContentFile(fh.read(), name=f"prof-{number}.jpg")
         )
-    jobs.append(product.photo_removal_id)
+    jobs.append(product.photo.removal.pk)
 services.submit(jobs.pop())  # warm
 def commits():
     with connection.cursor() as cursor:
