@@ -17,7 +17,14 @@ DATABASE_URL                default sqlite:///var/example.sqlite3
 DATABASE_CONN_MAX_AGE       seconds a connection is kept between requests and task polls
                             (default 60; 0 opens one per request)
 VAR_DIR                     where the database, media and emulator state go (default ./var)
-SECRET_KEY, DEBUG, ALLOWED_HOSTS
+DEBUG                       Django's debug pages and static files from runserver (default
+                            off; scripts/run_example.sh turns it on unless DEBUG is set)
+API_REMOVALS_RATE           paid API requests per user (default 120/hour)
+API_TOKEN_RATE              /api/token/ requests per client address (default 20/hour)
+IMAGEKIT_BG_IMAGE_ALLOWED_HOSTS  hosts bg_image_url may name although they are not public
+                            (default with the emulator: 127.0.0.1,localhost; with an account:
+                            none)
+SECRET_KEY, ALLOWED_HOSTS
 =========================== ================================================================
 """
 
@@ -35,7 +42,7 @@ if (BASE_DIR / ".env").exists():
 VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-DEBUG = env.bool("DEBUG", default=True)
+DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="example-project-insecure-local-key-change-me")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
@@ -102,6 +109,15 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     _sqlite_options.setdefault("init_command", "PRAGMA journal_mode=WAL;")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Throttle counts must be shared by every process (gunicorn workers, runserver's threads): the
+# database is enough here (`manage.py createcachetable`); a real site may use Redis or Memcached.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "example_cache",
+    }
+}
+
 # Background work (submitting to ImageKit, copying results) runs in `manage.py db_worker`.
 # django_tasks_db.DatabaseBackend is the same path on Django 6 and on 5.2 (with the backport).
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
@@ -129,7 +145,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.BasicAuthentication",
     ],
     # Paid requests (removals, uploads) per user; None switches the app's throttle off.
-    "DEFAULT_THROTTLE_RATES": {"imagekit_bgremove": env.str("API_REMOVALS_RATE", "120/hour")},
+    "DEFAULT_THROTTLE_RATES": {
+        "imagekit_bgremove": env.str("API_REMOVALS_RATE", "120/hour"),
+        # Password guesses at /api/token/, per client address.
+        "token": env.str("API_TOKEN_RATE", "20/hour"),
+    },
 }
 try:  # the "openapi" extra: schema, Swagger UI and Redoc served from this site
     import drf_spectacular  # noqa: F401
@@ -164,10 +184,19 @@ def _imagekit_settings() -> dict:
     secrets = env.list("IMAGEKIT_WEBHOOK_SECRETS", default=[])
     if secrets:
         values["WEBHOOK_SECRETS"] = secrets
+    # The emulator fetches backgrounds from this machine (this site's media, say); ImageKit
+    # fetches them from the internet only.
+    values["BG_IMAGE_ALLOWED_HOSTS"] = env.list(
+        "IMAGEKIT_BG_IMAGE_ALLOWED_HOSTS",
+        default=[] if "PRIVATE_KEY" in values else ["127.0.0.1", "localhost"],
+    )
     return values
 
 
 IMAGEKIT_BGREMOVE = _imagekit_settings()
+if "PRIVATE_KEY" not in IMAGEKIT_BGREMOVE:
+    # The example runs on the emulator on purpose, with DEBUG off too.
+    SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.W001"]
 
 LOGGING = {
     "version": 1,

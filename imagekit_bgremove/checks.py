@@ -22,6 +22,8 @@ imagekit_bgremove.W007      a real key but no URL_ENDPOINT or RESULT_HOSTS: resu
                             downloaded (no delivery host is allowed)
 imagekit_bgremove.W008      WEBHOOK_BASE_URL's host is not in ALLOWED_HOSTS: every callback
                             would be answered 400 (DisallowedHost)
+imagekit_bgremove.E020      a field's remove_bg_options or DEFAULT_OPTIONS name a bg_image_url
+                            that is not public or does not resolve (the check resolves it)
 =========================== =====================================================================
 """
 
@@ -39,6 +41,7 @@ from django.core.checks import Warning as CheckWarning
 from django.http.request import split_domain_port, validate_host
 
 from .conf import DEFAULTS, SETTINGS_NAME, app_settings
+from .inputs import InputError, check_bg_image_url
 from .options import NON_FIELD, OptionsError, RemoveBgOptions
 
 TAG = "imagekit_bgremove"
@@ -56,6 +59,7 @@ NUMERIC_SETTINGS: dict[str, tuple[float, bool, bool]] = {
     "WEBHOOK_MAX_BODY_BYTES": (0, False, True),
     "RESULT_MAX_BYTES": (0, False, True),
     "MAX_UPLOAD_BYTES": (0, False, True),
+    "MAX_IMAGE_PIXELS": (0, False, True),
     "TASK_LEASE_SECONDS": (0, False, False),
     "TASK_MAX_ATTEMPTS": (1, True, True),
     "TASK_RETRY_DELAY": (0, True, False),
@@ -66,7 +70,7 @@ NUMERIC_SETTINGS: dict[str, tuple[float, bool, bool]] = {
 
 
 #: Numeric settings where None means "no limit".
-NULLABLE_SETTINGS = {"DAILY_REMOVAL_LIMIT"}
+NULLABLE_SETTINGS = {"DAILY_REMOVAL_LIMIT", "MAX_IMAGE_PIXELS"}
 
 
 def _user_settings() -> dict[str, Any] | None:
@@ -315,6 +319,32 @@ def check_default_options(app_configs=None, **kwargs: Any) -> list[CheckMessage]
             for message in messages
         ]
     return []
+
+
+@register(TAG)
+def check_bg_image_urls(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
+    """Defaults that would send every request to ImageKit with a background it cannot fetch
+    stop the site at start-up rather than fail (and cost) one job at a time."""
+    from django.apps import apps
+
+    found: list[tuple[str, Any, Any]] = []
+    default = (_user_settings() or {}).get("DEFAULT_OPTIONS")
+    if isinstance(default, Mapping):
+        found.append((f"{SETTINGS_NAME}['DEFAULT_OPTIONS']", default.get("bg_image_url"), None))
+    for model in apps.get_models():
+        for field in model._meta.local_fields:
+            if getattr(field, "removes_background", False):
+                url = field.remove_bg_options.get("bg_image_url")
+                found.append((f"{model._meta.label}.{field.name}", url, field))
+    messages: list[CheckMessage] = []
+    for where, url, field in found:
+        if not url or not isinstance(url, str):
+            continue  # none, or E006 / the field itself says what is wrong with it
+        try:
+            check_bg_image_url(url)
+        except InputError as exc:
+            messages.append(Error(f"{where}: bg_image_url {exc}", obj=field, id=f"{PREFIX}.E020"))
+    return messages
 
 
 @register(TAG)

@@ -56,6 +56,11 @@ DEFAULTS: dict[str, Any] = {
     "RESULT_HOSTS": [],
     # Your ImageKit plan's upload limit: larger originals fail at once instead of being sent.
     "MAX_UPLOAD_BYTES": 25 * 1024 * 1024,
+    # remove.bg's largest image (50 megapixels): larger ones are refused before they are sent.
+    "MAX_IMAGE_PIXELS": 50_000_000,
+    # Hosts bg_image_url may name although they are not public (names, or IP networks such as
+    # "10.0.0.0/8"): by default only public http(s) URLs, which ImageKit can fetch.
+    "BG_IMAGE_ALLOWED_HOSTS": [],
     "RESULT_SUFFIX": "_nobg",
     # At most this many removal requests per day (None: no limit).
     "DAILY_REMOVAL_LIMIT": None,

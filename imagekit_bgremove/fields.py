@@ -30,6 +30,7 @@ from django.db.models.fields.files import FieldFile, ImageFieldFile, ImageFileDe
 from django.db.models.signals import class_prepared, post_init, post_save
 
 from . import services
+from .inputs import validate_image_pixels
 from .models import Trigger
 from .options import OptionsError, RemoveBgOptions
 from .state import forget_state, state_of
@@ -176,6 +177,8 @@ class _Descriptor(ImageFileDescriptor):
 class BackgroundRemovalImageField(models.ImageField):
     attr_class = BackgroundRemovalFieldFile
     descriptor_class = _Descriptor
+    # Forms and the admin refuse a new image over MAX_IMAGE_PIXELS before a job is recorded.
+    default_validators = [*models.ImageField.default_validators, validate_image_pixels]
     description = "Image whose background is removed through ImageKit"
     #: How the rest of the app recognises these fields without importing this module.
     removes_background = True

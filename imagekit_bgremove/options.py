@@ -9,6 +9,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import safejson
+
 EXTENSION_NAME = "remove-bg"
 MAX_URL_LENGTH = 2048
 NON_FIELD = "__all__"
@@ -125,7 +127,7 @@ class RemoveBgOptions:
         cls, text: str | bytes, *, base: RemoveBgOptions | None = None
     ) -> RemoveBgOptions:
         try:
-            data = json.loads(text) if text else {}
+            data = safejson.loads(text) if text else {}
         except ValueError as exc:
             raise OptionsError({NON_FIELD: [f"Options are not valid JSON: {exc}."]}) from exc
         if not isinstance(data, dict):

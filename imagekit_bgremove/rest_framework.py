@@ -66,6 +66,7 @@ from rest_framework.settings import api_settings
 from . import services
 from .api import (
     ACCEPTED_HEADERS,
+    PARSER_CLASSES,
     CodedErrorsMixin,
     OptionsField,
     PayloadTooLarge,
@@ -80,11 +81,13 @@ from .api import (
 )
 from .api_schema import OpenApiExample, extend_schema
 from .conf import app_settings
+from .inputs import InputError, check_pixels
 from .models import JobStatus, Trigger
 from .options import OptionsError
 from .state import prefetch_removal_state
 
 __all__ = [
+    "PARSER_CLASSES",
     "BackgroundRemovalField",
     "BackgroundRemovalStateSerializer",
     "BackgroundRemovalViewSetMixin",
@@ -144,6 +147,10 @@ class BackgroundRemovalField(serializers.ImageField):
         if limit and isinstance(size, int) and size > limit:
             raise PayloadTooLarge(f"The image is {size} bytes; the limit is {limit}.")
         upload = super().to_internal_value(data)
+        try:
+            check_pixels(upload)
+        except InputError as exc:
+            raise ValidationError(str(exc), code="too_many_pixels") from exc
         request = self.context.get("request")
         if request is not None:
             # The removal the save requests is recorded as this user's.

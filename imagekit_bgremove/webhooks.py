@@ -35,7 +35,6 @@ a 5xx. The view never talks to the network: the slow work is a task.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 from typing import Any
 
@@ -50,7 +49,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
-from . import services, signatures, tokens
+from . import safejson, services, signatures, tokens
 from .conf import app_settings
 from .models import DeliveryVerdict, RemovalJob, WebhookCount, WebhookDelivery
 
@@ -177,10 +176,9 @@ class ImageKitWebhookView(APIView):
             )
 
         try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-            return self._refuse(django_request, 400, "malformed", f"body is not JSON: {reason}")
+            payload = safejson.loads(body)
+        except ValueError as exc:
+            return self._refuse(django_request, 400, "malformed", f"body is not JSON: {exc}")
         try:
             callback = services.parse_callback(payload)
         except services.CallbackError as exc:

@@ -73,6 +73,7 @@ SERVER="${SERVER:-runserver}"
 export DJANGO_SETTINGS_MODULE=example_project.settings
 export PUBLIC_BASE_URL="${PUBLIC_BASE_URL:-http://$HOST:$PORT}"
 export PYTHONUNBUFFERED=1
+export DEBUG="${DEBUG:-true}"  # the example's settings default to off
 
 export VAR_DIR="${VAR_DIR:-$PWD/var}"  # database, media, emulator state (gitignored)
 mkdir -p "$VAR_DIR"
@@ -114,6 +115,7 @@ PYEOF
 }
 
 "$PY" manage.py migrate --noinput
+"$PY" manage.py createcachetable  # the throttles' counts, shared by every process
 "$PY" manage.py seed_catalogue
 
 if [[ -z "${IMAGEKIT_PRIVATE_KEY:-}" ]]; then

@@ -9,6 +9,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +45,25 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             finally:
                 blocker.restore()
             pytest.fail(f"an earlier test left a transaction open on database {connection.alias!r}")
+
+
+# The machine is offline: the public names the tests use in bg_image_url resolve as they would
+# on the internet (the app refuses names that do not resolve, or resolve to private addresses).
+PUBLIC_NAMES = {"example.com": "93.184.215.14", "images.example.net": "2606:2800:21f:cb07::1"}
+
+
+@pytest.fixture(autouse=True)
+def public_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        address = PUBLIC_NAMES.get(host)
+        if address is None:
+            return real(host, *args, **kwargs)
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
 # ------------------------------------------------------------------------------ test images

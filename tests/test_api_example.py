@@ -73,6 +73,31 @@ def test_wrong_password_gets_no_token():
     staff()
     answer = APIClient().post("/api/token/", {"username": "editor", "password": "nope"})
     assert answer.status_code == 400
+    # The documented shape of every error that is not about one field.
+    assert answer.json() == {
+        "detail": "Unable to log in with provided credentials.",
+        "code": "invalid_credentials",
+    }
+    answer = APIClient().post("/api/token/", {"username": "editor"})
+    assert answer.json() == {"password": ["This field is required."]}
+
+
+def test_the_token_endpoint_is_throttled_per_address(settings):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"token": "3/hour"},
+    }
+    staff()
+    guesses = [
+        APIClient().post("/api/token/", {"username": "editor", "password": f"guess{n}"})
+        for n in range(4)
+    ]
+    assert [answer.status_code for answer in guesses] == [400, 400, 400, 429]
+    assert guesses[-1].json()["code"] == "throttled" and guesses[-1]["Retry-After"]
+    # The right password from that address waits too; another address does not.
+    right = {"username": "editor", "password": "s3cret-editor"}
+    assert APIClient().post("/api/token/", right).status_code == 429
+    assert APIClient(REMOTE_ADDR="10.0.0.9").post("/api/token/", right).status_code == 200
 
 
 def test_no_or_a_bad_token_is_401_asking_for_a_token():
@@ -149,3 +174,30 @@ def test_schema_and_documentation_pages(url, marker):
     response = APIClient().get(url)
     assert response.status_code == 200
     assert marker in response.content.decode().lower()
+
+
+def test_the_redoc_page_loads_no_image_from_a_cdn():
+    pytest.importorskip("drf_spectacular")
+    response = APIClient().get("/api/redoc/")
+    # Redoc's bundle shows Redocly's logo from cdn.redoc.ly: the page's policy forbids it.
+    assert response["Content-Security-Policy"] == "img-src 'self' data:"
+    html = response.content.decode()
+    assert "https://" not in html and "http://" not in html
+
+
+def test_the_product_list_is_paginated_like_the_jobs_list():
+    client = token_client(staff())
+    Product.objects.bulk_create([Product(name=f"p{n:02}") for n in range(30)])
+    page = client.get("/api/products/").json()
+    assert (page["count"], len(page["results"]), page["previous"]) == (30, 25, None)
+    assert page["results"][0]["name"] == "p00" and page["next"].endswith("?page=2")
+    assert len(client.get("/api/products/?page_size=5&page=6").json()["results"]) == 5
+
+
+def test_every_product_operation_has_a_summary():
+    pytest.importorskip("drf_spectacular")
+    schema = APIClient().get("/api/schema/?format=json").json()
+    for path, methods in schema["paths"].items():
+        if path.startswith("/api/products/"):
+            for method, operation in methods.items():
+                assert operation.get("summary"), f"{method.upper()} {path}"

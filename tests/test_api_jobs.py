@@ -147,6 +147,48 @@ def test_create_answers_location_and_retry_after(api):
     assert int(response["Retry-After"]) >= 1
 
 
+def test_a_request_while_a_job_is_unfinished_is_a_409_as_on_the_product_endpoint(api):
+    # One rule for both "remove again" endpoints: an unfinished job is never silently replaced.
+    product = make_product()
+    running = job_for(product, status=JobStatus.PENDING)
+    response = api.post(LIST_URL, body(product, options={"bg_color": "red"}), format="json")
+    assert response.status_code == 409, response.content
+    answer = response.json()
+    assert (answer["code"], answer["job"]["id"]) == ("job_in_progress", running.pk)
+    assert response["Location"] == answer["job"]["url"]
+    running.refresh_from_db()
+    assert running.status == JobStatus.PENDING and RemovalJob.objects.count() == 1
+    RemovalJob.objects.filter(pk=running.pk).update(status=JobStatus.SUCCEEDED)
+    assert api.post(LIST_URL, body(product), format="json").status_code == 202
+
+
+def test_field_may_be_left_out_when_the_model_has_one_image_field(api):
+    product = make_product()
+    response = api.post(
+        LIST_URL, {"model": "testapp.product", "object_id": str(product.pk)}, format="json"
+    )
+    assert response.status_code == 202, response.content
+    assert response.json()["field"] == "photo"
+
+
+def test_a_model_without_an_image_field_is_reported_under_model(api, editor):
+    editor.user_permissions.add(
+        Permission.objects.get(codename="change_user", content_type__app_label="auth")
+    )
+    response = api.post(
+        LIST_URL, {"model": "auth.user", "object_id": str(editor.pk)}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json() == {"model": ["auth.user has no background-removal image field."]}
+    product = make_product()
+    response = api.post(LIST_URL, body(product, field="nope"), format="json")
+    assert response.json() == {
+        "field": [
+            "testapp.product has no background-removal image field 'nope'; choose one of photo."
+        ]
+    }
+
+
 # -- retry ---------------------------------------------------------------------------------------
 
 
@@ -366,7 +408,7 @@ def test_create_and_retry_are_throttled_in_their_own_scope(api, settings):
     assert api.get(LIST_URL).status_code == 200
     other = APIClient()
     other.force_authenticate(editor_user("other"))
-    assert other.post(LIST_URL, body(product), format="json").status_code == 202
+    assert other.post(LIST_URL, body(make_product("third")), format="json").status_code == 202
 
 
 def test_the_throttle_is_on_by_default_and_off_only_when_removed(api, settings):
@@ -377,9 +419,8 @@ def test_the_throttle_is_on_by_default_and_off_only_when_removed(api, settings):
         **getattr(settings, "REST_FRAMEWORK", {}),
         "DEFAULT_THROTTLE_RATES": {"imagekit_bgremove": None},
     }
-    product = make_product()
-    for _ in range(3):
-        assert api.post(LIST_URL, body(product), format="json").status_code == 202
+    for n in range(3):
+        assert api.post(LIST_URL, body(make_product(f"p{n}")), format="json").status_code == 202
 
 
 # -- ETag ----------------------------------------------------------------------------------------

@@ -103,3 +103,56 @@ def test_run_script_is_valid_bash():
     script = ROOT / "scripts" / "run_example.sh"
     assert os.access(script, os.X_OK)
     subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+SETTINGS_SCRIPT = """
+import django
+django.setup()
+from django.conf import settings
+from django.core.cache import cache
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+call_command("createcachetable")
+cache.set("shared", 1)  # in the database: every process of the site sees it
+print(settings.DEBUG, settings.CACHES["default"]["BACKEND"], cache.get("shared"))
+"""
+
+
+def test_debug_is_off_and_throttles_count_in_a_shared_cache(tmp_path):
+    env = {key: value for key, value in example_env(tmp_path).items() if key != "DEBUG"}
+    result = subprocess.run(
+        [sys.executable, "-c", SETTINGS_SCRIPT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "django.core.cache.backends.db.DatabaseCache", "1"]
+
+
+ALLOWED_SCRIPT = """
+import django
+django.setup()
+from imagekit_bgremove.conf import app_settings
+print(",".join(app_settings.BG_IMAGE_ALLOWED_HOSTS) or "-")
+"""
+
+
+def test_the_examples_bg_image_allowance_follows_the_environment(tmp_path):
+    def allowed(**env: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", ALLOWED_SCRIPT],
+            cwd=ROOT,
+            env={**example_env(tmp_path), **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert allowed() == "127.0.0.1,localhost"  # the emulator fetches from this machine
+    assert allowed(IMAGEKIT_PRIVATE_KEY="private_x") == "-"  # ImageKit: public URLs only
+    assert allowed(IMAGEKIT_BG_IMAGE_ALLOWED_HOSTS="cdn.local,10.0.0.0/8") == "cdn.local,10.0.0.0/8"

@@ -162,3 +162,29 @@ def test_the_callback_port_can_be_chosen_and_a_taken_one_is_named(emulator, tmp_
                 "--callback-port",
                 str(port),
             )
+
+
+@pytest.mark.django_db
+def test_an_exhausted_daily_budget_sends_nothing(ik_settings, emulator, tmp_path):
+    from imagekit_bgremove.services import budget
+
+    ik_settings.IMAGEKIT_BGREMOVE = {**ik_settings.IMAGEKIT_BGREMOVE, "DAILY_REMOVAL_LIMIT": 1}
+    budget.reserve(1)  # the site spent today's only unit
+    before = len(emulator.state()["files"])
+    source = tmp_path / "product.jpg"
+    shutil.copy(SAMPLES / "synthetic_product_white.jpg", source)
+    with pytest.raises(CommandError, match="Nothing was sent: The daily budget of 1"):
+        run(str(source), "--output", str(tmp_path / "out.png"))
+    assert len(emulator.state()["files"]) == before
+    assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.django_db
+def test_a_run_counts_against_the_daily_budget(ik_settings, tmp_path):
+    from imagekit_bgremove.services import budget
+
+    ik_settings.IMAGEKIT_BGREMOVE = {**ik_settings.IMAGEKIT_BGREMOVE, "DAILY_REMOVAL_LIMIT": 5}
+    source = tmp_path / "product.jpg"
+    shutil.copy(SAMPLES / "synthetic_product_white.jpg", source)
+    run(str(source), "--output", str(tmp_path / "out.png"), "--timeout", "60")
+    assert budget.used() == 1

@@ -227,6 +227,7 @@ def run(config: SoakConfig) -> dict[str, Any]:
         from django.db import connections
 
         call_command("migrate", verbosity=0, interactive=False)
+        call_command("createcachetable", verbosity=0)  # the example's shared throttle counts
         _create_admin()
         connections.close_all()  # the children must not inherit an open connection
         emulator_argv = _emulator_argv(config, emulator_port, run_dir / "emulator-data")

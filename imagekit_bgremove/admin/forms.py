@@ -10,6 +10,7 @@ from typing import Any
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from ..inputs import check_options
 from ..options import NON_FIELD, OptionsError, RemoveBgOptions
 
 ADMIN_STATIC = "imagekit_bgremove/admin/"
@@ -104,7 +105,9 @@ def options_from(form: forms.Form, prefix: str = "") -> RemoveBgOptions | None:
         if prefix + name in form.fields and prefix + name not in form.errors
     }
     try:
-        return RemoveBgOptions.from_form(picked)
+        options = RemoveBgOptions.from_form(picked)
+        check_options(options)
+        return options
     except OptionsError as exc:
         labels = {
             name: str(form.fields[prefix + name].label)

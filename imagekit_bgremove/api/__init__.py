@@ -4,7 +4,9 @@
 ``POST   api/removals/``                    request a removal; body ``{"model": "catalogue.product",
                                             "object_id": "1", "field": "photo", "options": {...},
                                             "force": false}`` -> 202 with the job, ``Location`` and
-                                            ``Retry-After``
+                                            ``Retry-After``; 409 while a job for that image is
+                                            unfinished; ``field`` may be left out when the model
+                                            has one image field
 ``GET    api/removals/``                    jobs, newest first, paginated; filters ``model``,
                                             ``object_id``, ``field``, ``status``
 ``GET    api/removals/<id>/``               one job, with an ``ETag``: ``If-None-Match`` -> 304
@@ -15,10 +17,12 @@
 ==========================================  ======================================================
 
 Input is strict: a key the endpoint does not take is a 400 naming it, and ``options`` is an
-object or the same object as a JSON string (multipart forms). Errors other than validation are
-``{"detail": ..., "code": ...}``: 401 (with ``WWW-Authenticate`` when one of the configured
-authentication classes can ask for credentials), 403, 404, 409 (with the job concerned), 413
-(body too large), 429 (the ``imagekit_bgremove`` throttle scope, or the daily budget).
+object or the same object as a JSON string (multipart forms); JSON nested more than 32 levels
+deep, or with ``NaN``, ``Infinity`` or ``1e999``, is a 400 like any malformed body. Errors
+other than validation are ``{"detail": ..., "code": ...}``: 401 (with ``WWW-Authenticate`` when
+one of the configured authentication classes can ask for credentials), 403, 404, 409 (with the
+job concerned), 413 (body too large), 429 (the ``imagekit_bgremove`` throttle scope, or the
+daily budget).
 
 Who may do what: an authenticated user with Django's ``change`` permission on the target model
 (:class:`CanChangeTarget`); creating or retrying a job also runs the permission classes'
@@ -40,6 +44,7 @@ from .helpers import (
     resolve_model,
     result_file_url,
 )
+from .parsers import PARSER_CLASSES, BoundedJSONParser
 from .responses import ACCEPTED_HEADERS, accepted_response, error_responses
 from .serializers import (
     OptionsField,
@@ -61,6 +66,8 @@ from .views import (
 
 __all__ = [
     "ACCEPTED_HEADERS",
+    "PARSER_CLASSES",
+    "BoundedJSONParser",
     "BudgetSpent",
     "CanChangeTarget",
     "CodedErrorsMixin",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,8 +18,10 @@ from .. import services
 from ..api_schema import (
     extend_schema_serializer,
 )
+from ..inputs import check_options
 from ..models import JobStatus, RemovalJob
 from ..options import OptionsError, RemoveBgOptions
+from ..safejson import loads
 from .helpers import (
     job_content_type,
     job_url,
@@ -87,7 +88,7 @@ class OptionsField(serializers.Field):
             if not data.strip():
                 return {}
             try:
-                data = json.loads(data)
+                data = loads(data)
             except ValueError as exc:
                 self.fail("json", error=exc)
         if not isinstance(data, Mapping):
@@ -97,6 +98,7 @@ class OptionsField(serializers.Field):
                 raise ValidationError({str(key): ["Null characters are not allowed."]})
         try:
             options = RemoveBgOptions.from_dict(data)
+            check_options(options)
         except OptionsError as exc:
             raise ValidationError(options_errors(exc)) from exc
         return {key: getattr(options, key) for key in data}
@@ -118,7 +120,10 @@ class RemovalRequestSerializer(StrictFieldsMixin, serializers.Serializer):
     model = serializers.CharField(max_length=200, help_text='"app_label.model_name"')
     object_id = serializers.CharField(max_length=255, help_text="The object's primary key.")
     field = serializers.CharField(
-        max_length=100, help_text="The name of its BackgroundRemovalImageField."
+        required=False,
+        max_length=100,
+        help_text="The name of its BackgroundRemovalImageField (only needed when the model has "
+        "several).",
     )
     options = OptionsField()
     force = serializers.BooleanField(
@@ -136,13 +141,19 @@ class RemovalRequestSerializer(StrictFieldsMixin, serializers.Serializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         model = attrs["model"]
         allowed = services.removal_field_names(model)
-        if attrs["field"] not in allowed:
+        if not allowed:
+            raise ValidationError(
+                {"model": [f"{model_label(model)} has no background-removal image field."]}
+            )
+        if "field" not in attrs and len(allowed) == 1:
+            attrs["field"] = allowed[0]
+        elif attrs.get("field") not in allowed:
+            named = f" {attrs['field']!r}" if "field" in attrs else ""
             raise ValidationError(
                 {
                     "field": [
-                        f"{model_label(model)} has no background-removal image field "
-                        f"{attrs['field']!r}"
-                        + (f"; choose one of {', '.join(allowed)}." if allowed else ".")
+                        f"{model_label(model)} has no background-removal image field{named}; "
+                        f"choose one of {', '.join(allowed)}."
                     ]
                 }
             )

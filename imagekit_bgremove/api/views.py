@@ -42,6 +42,7 @@ from .helpers import (
     resolve_model,
     seconds_until_tomorrow,
 )
+from .parsers import PARSER_CLASSES
 from .responses import ACCEPTED_HEADERS, accepted_response, error_responses
 from .serializers import (
     RemovalFilterSerializer,
@@ -123,6 +124,8 @@ class RemovalAPIViewMixin(CodedErrorsMixin):
     # - "code" next to "detail" in error bodies;
     # - the RemovalRateThrottle on the actions in removal_throttled_actions.
 
+    #: JSON nested too deeply or with numbers that are not finite is a 400, never a 500.
+    parser_classes = PARSER_CLASSES
     #: Bodies larger than this are refused with 413 (None: no limit of ours).
     max_body_bytes: int | None = 64 * 1024
     #: Throttles applied to the actions that start paid work, on top of the view's own.
@@ -349,8 +352,10 @@ class RemovalViewSet(
         parameters=ACCEPTED_HEADERS,
         responses={
             202: accepted_response("Queued; poll the job at Location."),
-            **error_responses(400, 401, 403, 413, 415, 429),
+            **error_responses(400, 401, 403, 409, 413, 415, 429),
         },
+        description="Refused with 409 while a job for that image is unfinished, as the "
+        "remove-background endpoint of a project's own API is.",
         examples=[
             OpenApiExample(
                 "Remove the background of product 1's photo, on white",
@@ -383,7 +388,10 @@ class RemovalViewSet(
                 trigger=Trigger.API,
                 user=request.user,
                 force=data["force"],
+                only_if_idle=True,
             )
+        except services.JobInProgress as exc:
+            return self.conflict(exc, exc.job, "job_in_progress")
         except OptionsError as exc:
             raise ValidationError({"options": options_errors(exc)}) from exc
         except services.RequestError as exc:

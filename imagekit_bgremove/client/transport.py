@@ -4,7 +4,6 @@ translation of failures into :mod:`imagekit_bgremove.exceptions` (scrubbed of th
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -16,6 +15,7 @@ import urllib3.exceptions
 import urllib3.util
 from requests.auth import AuthBase
 
+from .. import safejson
 from ..exceptions import (
     REQUEST_ID_HEADER,
     ImageKitError,
@@ -284,7 +284,7 @@ class Transport:
         body: Any = text
         if text.strip()[:1] in ("{", "["):
             try:
-                body = json.loads(text)
+                body = safejson.loads(text)
             except ValueError:
                 body = text
         error = error_from_response(
@@ -299,7 +299,7 @@ class Transport:
         if not raw.strip():
             return {}
         try:
-            return json.loads(raw)
+            return safejson.loads(raw)
         except ValueError as exc:
             raise ImageKitError(
                 f"ImageKit answered {response.status_code} with a body that is not JSON",

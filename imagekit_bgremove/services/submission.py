@@ -25,6 +25,7 @@ from ..callback import extension_status
 from ..conf import app_settings
 from ..exceptions import ImageKitError
 from ..images import HEAD_BYTES, sniff_image
+from ..inputs import InputError, check_options, check_pixels
 from ..models import JobStatus, RemovalJob
 from ..options import OptionsError, RemoveBgOptions
 from . import dedupe, remote, results
@@ -118,6 +119,7 @@ def _submit(job: RemovalJob, lease: int) -> str:
         return "cancelled"
     field = removal_field(type(instance), job.field_name)
     options = RemoveBgOptions.from_dict(job.options)
+    check_options(options)  # requests made in code were not checked where they were made
     file_id = file_id_of(field, instance)
     if file_id:
         return _submit_existing_file(job, lease, file_id, options)
@@ -169,6 +171,11 @@ def _inspect_source(storage: Any, name: str) -> tuple[str, int]:
             f"{posixpath.basename(name)!r} is not an image ImageKit can work on (not PNG, JPEG, "
             "WebP, GIF, BMP, TIFF or AVIF); nothing was sent. Upload an image file.",
         )
+    with storage.open(name, "rb") as fh:
+        try:
+            check_pixels(fh)
+        except InputError as exc:
+            raise lifecycle.Refused("too_many_pixels", f"{exc} Nothing was sent.") from exc
     return digest.hexdigest(), total
 
 

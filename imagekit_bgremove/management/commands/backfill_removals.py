@@ -15,6 +15,7 @@ from django.db.models import Q
 
 from imagekit_bgremove import services
 from imagekit_bgremove.fields import BackgroundRemovalImageField
+from imagekit_bgremove.inputs import check_options
 from imagekit_bgremove.models import JobStatus, Trigger
 from imagekit_bgremove.options import OptionsError, RemoveBgOptions
 from imagekit_bgremove.state import with_removal_status
@@ -55,6 +56,7 @@ class Command(BaseCommand):
             options = RemoveBgOptions.coerce(
                 opts["options"] or None, base=services.field_options(field)
             )
+            check_options(options)
         except OptionsError as exc:
             raise CommandError(f"--options: {exc}") from exc
         batch_size = opts["batch_size"]

@@ -11,11 +11,13 @@
 
 A real ImageKit account cannot reach a listener on 127.0.0.1: with a real account the command
 also polls the file's details every few seconds and takes the first new version as the result.
-The uploaded file stays in the ImageKit media library (under ``FOLDER``/cli).
+The uploaded file stays in the ImageKit media library (under ``FOLDER``/cli). Each run counts
+against ``DAILY_REMOVAL_LIMIT`` like a request from the site.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -29,14 +31,15 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from imagekit_bgremove import signatures
+from imagekit_bgremove import safejson, signatures
 from imagekit_bgremove.callback import CallbackError, RemoteFile, extension_status, parse_callback
 from imagekit_bgremove.conf import app_settings
 from imagekit_bgremove.exceptions import ImageKitError
 from imagekit_bgremove.images import sniff_image
+from imagekit_bgremove.inputs import InputError, check_options, check_pixels
 from imagekit_bgremove.lifecycle import Refused
 from imagekit_bgremove.options import OptionsError, RemoveBgOptions
-from imagekit_bgremove.services import remote
+from imagekit_bgremove.services import budget, remote
 from imagekit_bgremove.services.finalization import fetch_result
 
 MAX_CALLBACK_BYTES = 1024 * 1024
@@ -108,7 +111,7 @@ class CallbackListener:
                     listener.problems.put(f"refused a callback: signature {exc.reason}")
                     return self._answer(401, exc.reason)
                 try:
-                    payload = json.loads(body)
+                    payload = safejson.loads(body)
                 except ValueError:
                     listener.problems.put("refused a callback: body is not JSON")
                     return self._answer(400, "not JSON")
@@ -203,6 +206,12 @@ class Command(BaseCommand):
         if not output.parent.is_dir():
             raise CommandError(f"Cannot write {output}: directory {output.parent} does not exist.")
         options = self._options(opts)
+        try:
+            # A run spends extension units like any other request: it counts against the
+            # day's budget before anything is sent (a failed upload does not give it back).
+            budget.reserve(1)
+        except budget.BudgetExhausted as exc:
+            raise CommandError(f"Nothing was sent: {exc}") from exc
 
         started = self._start_emulator()
         try:
@@ -308,6 +317,10 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{source} is not an image (expected JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF)."
             )
+        try:
+            check_pixels(io.BytesIO(data))
+        except InputError as exc:
+            raise CommandError(f"{exc} Nothing was sent.") from exc
         return data
 
     def _options(self, opts: dict[str, Any]) -> RemoveBgOptions:
@@ -321,7 +334,9 @@ class Command(BaseCommand):
         if opts.get("no_semitransparency"):
             given["semitransparency"] = False
         try:
-            return RemoveBgOptions.from_dict(given)
+            options = RemoveBgOptions.from_dict(given)
+            check_options(options)
+            return options
         except OptionsError as exc:
             raise CommandError(f"Invalid options: {exc}") from exc
 
