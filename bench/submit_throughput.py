@@ -101,7 +101,6 @@ import django, json, sys
 django.setup()
 from django.core.files.base import ContentFile
 from example_project.catalogue.models import Product
-from imagekit_bgremove.models import RemovalJob
 from django.conf import settings
 
 paths, tag = json.loads(sys.stdin.read()), sys.argv[1]
@@ -111,7 +110,7 @@ for number, path in enumerate(paths):
         product = Product.objects.create(
             name=f"bench {tag} {number}", photo=ContentFile(fh.read(), name=f"bench-{number}.jpg")
         )
-    jobs.append(RemovalJob.objects.filter(object_id=str(product.pk)).latest("pk").pk)
+    jobs.append(product.photo.removal.pk)
     files.append([str(settings.MEDIA_ROOT / product.photo.name), product.photo.name.split("/")[-1]])
 print(json.dumps({"jobs": jobs, "files": files}))
 """
@@ -124,7 +123,6 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from example_project.catalogue.models import Product
 from imagekit_bgremove import services
-from imagekit_bgremove.models import RemovalJob
 
 paths = json.loads(sys.stdin.read())
 jobs = []
@@ -133,7 +131,7 @@ for number, path in enumerate(paths):
         product = Product.objects.create(
             name=f"bench profile {number}", photo=ContentFile(fh.read(), name=f"prof-{number}.jpg")
         )
-    jobs.append(RemovalJob.objects.filter(object_id=str(product.pk)).latest("pk").pk)
+    jobs.append(product.photo.removal.pk)
 services.submit(jobs.pop())  # warm
 def commits():
     with connection.cursor() as cursor:

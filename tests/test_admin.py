@@ -86,17 +86,17 @@ def staff(client):
     return user
 
 
-def job_for(product: Product, *, point: bool = False, **changes) -> RemovalJob:
-    """A job of ``product.photo``; with ``point`` also its ``photo_removal`` (the latest job)."""
+def job_for(product: Product, **changes) -> RemovalJob:
+    """A job of ``product.photo`` (the latest, being the newest)."""
     changes.setdefault("source_name", product.photo.name or "")
+    # Requested for the image the product holds (a save's job would mark a new image).
+    changes.setdefault("trigger", Trigger.ADMIN)
     job = RemovalJob.objects.create(
         content_type=ContentType.objects.get_for_model(Product),
         object_id=str(product.pk),
         field_name="photo",
         **changes,
     )
-    if point:
-        Product.objects.filter(pk=product.pk).update(photo_removal=job)
     return job
 
 
@@ -104,7 +104,6 @@ def succeeded(product: Product, *, options=None, **changes) -> RemovalJob:
     """A succeeded job that is both the latest job and the latest result of the product."""
     changes.setdefault("result_url", f"https://ik.example/{product.name}.png")
     job = job_for(product, status=JobStatus.SUCCEEDED, options=options or dict(DEFAULTS), **changes)
-    Product.objects.filter(pk=product.pk).update(photo_removal=job, photo_result=job)
     return job
 
 
@@ -154,7 +153,7 @@ def test_changelist_shows_original_result_and_badge(client, staff):
 def test_last_good_result_stays_visible_while_a_new_job_runs_and_after_it_fails(client, staff):
     mug = make_product("mug")
     good = succeeded(mug)
-    newer = job_for(mug, point=True, status=JobStatus.PENDING, options={"bg_color": "0000ff"})
+    newer = job_for(mug, status=JobStatus.PENDING, options={"bg_color": "0000ff"})
     html = client.get(CHANGELIST).content.decode()
     row = rows_of(html, [mug])[mug.pk]
     assert 'src="https://ik.example/mug.png"' in row and "ikbg-previous" in row
@@ -183,8 +182,8 @@ def test_list_filter_by_removal_state(client, staff):
     done, running, failed = (make_product(n) for n in ("done", "running", "failed"))
     make_product("never")
     succeeded(done)
-    job_for(running, point=True, status=JobStatus.QUEUED)
-    job_for(failed, point=True, status=JobStatus.FAILED)
+    job_for(running, status=JobStatus.QUEUED)
+    job_for(failed, status=JobStatus.FAILED)
 
     def names(query):
         response = client.get(f"{CHANGELIST}?photo_removal_state={query}")
@@ -211,10 +210,10 @@ def test_changelist_queries_do_not_grow_with_rows(client, staff, django_assert_m
     def add(name):
         good = make_product(name)
         succeeded(good)
-        job_for(good, point=True, status=JobStatus.PENDING)  # running after a success
+        job_for(good, status=JobStatus.PENDING)  # running after a success
         make_product(f"{name}-never-removed")
         failed = make_product(f"{name}-failed")
-        job_for(failed, point=True, status=JobStatus.FAILED, error_message="nope")
+        job_for(failed, status=JobStatus.FAILED, error_message="nope")
         make_product(f"{name}-no-image", image=False)
 
     add("first")
@@ -233,7 +232,7 @@ def test_changelist_queries_do_not_grow_with_rows(client, staff, django_assert_m
 
 def test_status_view_answers_the_cells_and_whether_they_are_unfinished(client, staff):
     mug, cup = make_product("mug"), make_product("cup")
-    job = job_for(mug, point=True, status=JobStatus.PENDING)
+    job = job_for(mug, status=JobStatus.PENDING)
     response = client.get(
         "/admin/testapp/product/removal-status/",
         {"kind": "cell", "pk": [mug.pk, cup.pk, 999]},
@@ -248,7 +247,6 @@ def test_status_view_answers_the_cells_and_whether_they_are_unfinished(client, s
     RemovalJob.objects.filter(pk=job.pk).update(
         status=JobStatus.SUCCEEDED, result_url="https://ik.example/m.png"
     )
-    Product.objects.filter(pk=mug.pk).update(photo_result=job)
     data = client.get(
         "/admin/testapp/product/removal-status/", {"kind": "preview", "pk": mug.pk}
     ).json()
@@ -274,7 +272,7 @@ def test_status_view_needs_the_admin_and_the_view_permission(client):
 def test_status_view_queries_do_not_grow_with_objects(client, staff, django_assert_max_num_queries):
     products = [make_product(f"p{i}") for i in range(8)]
     for p in products:
-        job_for(p, point=True, status=JobStatus.PENDING)
+        job_for(p, status=JobStatus.PENDING)
     url = "/admin/testapp/product/removal-status/?kind=cell&pk=" + str(products[0].pk)
     one = count_queries(client, url)
     many = url + "".join(f"&pk={p.pk}" for p in products)
@@ -428,7 +426,7 @@ def test_change_form_preview_buttons_and_history(client, staff):
         options={"bg_color": "zzz"},
     )
     good = succeeded(product, trigger=Trigger.ADMIN, requested_by=staff)
-    running = job_for(product, point=True, status=JobStatus.PENDING, options={"bg_color": "0000ff"})
+    running = job_for(product, status=JobStatus.PENDING, options={"bg_color": "0000ff"})
     html = client.get(f"{CHANGELIST}{product.pk}/change/").content.decode()
     # The preview: original and the last good cut-out side by side, the new state as a badge.
     assert f'src="{product.photo.url}"' in html and 'src="https://ik.example/mug.png"' in html
@@ -455,7 +453,6 @@ def test_change_form_of_a_failed_job_shows_retry_and_the_error(client, staff):
     product = make_product("mug")
     job_for(
         product,
-        point=True,
         status=JobStatus.FAILED,
         error_code="source_missing",
         error_message="The original is missing.",
@@ -474,7 +471,7 @@ def test_change_page_queries_do_not_grow_with_jobs(client, staff, django_assert_
     queries = count_queries(client, url)
     for i in range(25):
         job_for(product, status=JobStatus.FAILED, error_message=f"failure {i}", requested_by=staff)
-    job_for(product, point=True, status=JobStatus.PENDING)
+    job_for(product, status=JobStatus.PENDING)
     with django_assert_max_num_queries(queries + 1):  # + the count of all jobs past the first 10
         html = client.get(url).content.decode()
     assert "All 27 jobs" in html
@@ -532,7 +529,7 @@ def test_changed_options_without_a_new_image_send_nothing_and_say_so(client, sta
 
 def test_view_only_user_gets_no_buttons_and_no_option_fields(client):
     product = make_product("mug")
-    job_for(product, point=True, status=JobStatus.FAILED)
+    job_for(product, status=JobStatus.FAILED)
     user = User.objects.create_user("viewer", password="x", is_staff=True)
     user.user_permissions.add(
         Permission.objects.get(codename="view_product", content_type__app_label="testapp")
@@ -560,7 +557,6 @@ def test_retry_page_prefills_the_failed_options_and_says_to_change_them(client, 
     product = make_product("mug")
     failed = job_for(
         product,
-        point=True,
         status=JobStatus.FAILED,
         error_code="removal_failed",
         error_message="ImageKit could not remove the background: bg_color is not supported. "
@@ -604,9 +600,7 @@ def test_job_admin_is_read_only_and_refuses_a_change_post(client, staff):
 def test_job_list_links_a_failed_job_to_its_retry_and_filters_them_apart(client, staff):
     product = make_product("mug")
     failed = job_for(product, status=JobStatus.FAILED, error_message="boom")
-    retry = job_for(
-        product, point=True, status=JobStatus.QUEUED, retry_of=failed, trigger=Trigger.RETRY
-    )
+    retry = job_for(product, status=JobStatus.QUEUED, retry_of=failed, trigger=Trigger.RETRY)
     still = job_for(make_product("cup"), status=JobStatus.FAILED, error_message="still broken")
     html = client.get(JOBS).content.decode()
     assert (
@@ -798,7 +792,7 @@ def test_delivery_admin_is_read_only(client, staff):
 def test_every_image_has_alt_text_and_every_badge_has_text(client, staff):
     mug, cup = make_product("mug"), make_product("cup")
     succeeded(mug)
-    job_for(cup, point=True, status=JobStatus.FAILED, error_message="nope")
+    job_for(cup, status=JobStatus.FAILED, error_message="nope")
     pages = [
         CHANGELIST,
         f"{CHANGELIST}{mug.pk}/change/",

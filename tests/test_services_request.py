@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -36,7 +37,8 @@ def test_upload_carries_the_exact_options_and_a_signed_webhook_url(emulator, run
     [upload] = uploads(emulator)
     assert upload["fileId"] == job.file_id
     stem = product.photo.name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    assert upload["filePath"] == f"/bgremove/{stem}__ikbg{job.pk}.png"
+    assert upload["filePath"] == job.upload_path
+    assert re.fullmatch(rf"/bgremove/{stem}__ikbg{job.pk}-[0-9a-f]{{8}}\.png", job.upload_path)
     [remote] = emulator_jobs(emulator)
     assert remote["service"] == "remove-bg" and remote["origin"] == "upload"
     sent = {k: v for k, v in remote["options"].items() if v is not None}
@@ -160,7 +162,7 @@ def test_newer_request_supersedes_the_pending_one(emulator, run_on_commit):
     new = product.photo.removal
     assert old.status == JobStatus.SUPERSEDED and old.superseded_by_id == new.pk
     assert RemovalJob.objects.get(pk=new.pk).status == JobStatus.PENDING
-    assert Product.objects.get(pk=product.pk).photo_removal_id == new.pk
+    assert Product.objects.get(pk=product.pk).photo.removal.pk == new.pk
 
 
 def test_existing_imagekit_file_goes_through_update_details_and_restores_original(

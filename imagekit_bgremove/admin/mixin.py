@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets, quote, unquote
-from django.core.exceptions import FieldDoesNotExist, PermissionDenied
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.http import HttpResponseRedirect
 from django.template.loader import render_to_string
@@ -21,6 +20,7 @@ from django.utils.translation import gettext_lazy
 from .. import services
 from ..models import JobStatus, RemovalJob
 from ..options import OptionsError, RemoveBgOptions
+from ..state import prefetch_removal_state, state_of
 from . import pages
 from .display import (
     EMULATOR_NOTE,
@@ -112,16 +112,16 @@ class BackgroundRemovalAdminMixin:
             css={"all": [ADMIN_STATIC + "ikbg.css"]}, js=[ADMIN_STATIC + "live.js"]
         )
 
-    def get_queryset(self, request):
-        qs = super().get_queryset(request)  # type: ignore[misc]
-        pointers = []
-        for name in self.get_removal_fields():
-            for pointer in (f"{name}_removal", f"{name}_result"):
-                with contextlib.suppress(FieldDoesNotExist):
-                    if self.model._meta.get_field(pointer).is_relation:  # type: ignore[attr-defined]
-                        pointers.append(pointer)
-        # One query for the list, not one per row for each object's latest job and result.
-        return qs.select_related(*pointers) if pointers else qs
+    def get_changelist(self, request, **kwargs):
+        fields = self.get_removal_fields()
+
+        class RemovalChangeList(super().get_changelist(request, **kwargs)):  # type: ignore[misc]
+            def get_results(self, request):
+                super().get_results(request)
+                # The page's removal states in two queries, not one per row.
+                self.result_list = prefetch_removal_state(self.result_list, fields)
+
+        return RemovalChangeList
 
     def removal_states(self, obj: models.Model) -> list[RemovalState]:
         names = self.get_removal_fields()
@@ -497,7 +497,7 @@ class BackgroundRemovalAdminMixin:
         if obj is None:
             return self._get_obj_does_not_exist_redirect(request, self.model._meta, object_id)  # type: ignore[attr-defined]
         field_name = self._chosen_field(request)
-        job = getattr(obj, f"{field_name}_removal", None)
+        job = state_of(obj, field_name).latest
         if job is None or job.status != JobStatus.FAILED:
             self.message_user(  # type: ignore[attr-defined]
                 request, _("There is no failed background removal to retry."), messages.WARNING

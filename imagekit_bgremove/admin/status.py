@@ -9,7 +9,7 @@ the user may see::
 
 ``html`` is the same markup the page was rendered with (the list cell, or the preview with
 ``kind=preview``), so the script only swaps it in; it stops polling an object once it is no
-longer unfinished, and stops altogether when none is. One query, whatever the number of rows.
+longer unfinished, and stops altogether when none is. Three queries, whatever the number of rows.
 It is a view of the ModelAdmin (under the admin site's login and the model's view permission),
 not of the app's public URLs, because it shows what the admin shows.
 """
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import JsonResponse
+
+from ..state import prefetch_removal_state
 
 #: At most this many objects per request (a list page shows 100 by default).
 MAX_OBJECTS = 200
@@ -36,6 +38,7 @@ def status_response(model_admin, request) -> JsonResponse:
             found = list(model_admin.get_queryset(request).filter(pk__in=pks))
         except (ValueError, TypeError, ValidationError):
             return JsonResponse({"error": "invalid pk"}, status=400)
+        prefetch_removal_state(found, model_admin.get_removal_fields())
         for obj in found:
             states = model_admin.removal_states(obj)
             render = (

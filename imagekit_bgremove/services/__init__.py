@@ -25,6 +25,7 @@ from .request import (
     NotRetryable,
     RequestError,
     base_options,
+    cancel_unpaid,
     field_options,
     removal_field,
     removal_field_names,
@@ -36,10 +37,8 @@ from .request import (
 )
 from .results import (
     CallbackOutcome,
-    CallbackRead,
     apply_callback,
     apply_parsed_callback,
-    read_for_callback,
 )
 from .submission import submit
 
@@ -48,7 +47,6 @@ __all__ = [
     "BudgetExhausted",
     "CallbackError",
     "CallbackOutcome",
-    "CallbackRead",
     "JobInProgress",
     "NotRetryable",
     "OptionsError",
@@ -57,13 +55,13 @@ __all__ = [
     "apply_parsed_callback",
     "base_options",
     "budget",
+    "cancel_unpaid",
     "check",
     "enqueue_reconcile",
     "failure_reason",
     "field_options",
     "finalize",
     "parse_callback",
-    "read_for_callback",
     "reconcile",
     "removal_field",
     "removal_field_names",
