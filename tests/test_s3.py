@@ -154,8 +154,11 @@ def keys(s3: dict[str, Any]) -> set[str]:
 
 
 def settled(pk: int) -> Product | None:
-    product = Product.objects.get(pk=pk)
-    return product if product.photo.removal_status in ("succeeded", "failed") else None
+    """The product once its removal is final, read afresh: the read that saw the job move may
+    have taken its two queries on either side of the move."""
+    if Product.objects.get(pk=pk).photo.removal_status in ("succeeded", "failed"):
+        return Product.objects.get(pk=pk)
+    return None
 
 
 def finished_product(name: str, image: Any) -> Product:
