@@ -277,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (10 <= args.jobs <= 2000 and 1 <= args.rounds <= 9):
         parser.error("keep it bounded: 10-2000 jobs, 1-9 rounds")
+    try:
+        import imagekitio  # noqa: F401
+    except ImportError:
+        raise SystemExit("the SDK side needs imagekitio: pip install -e '.[bench]'") from None
     database_url = os.environ.get("BENCH_DATABASE_URL") or DEFAULT_DB
     log(f"database: {database_url}")
     recreate_database(database_url)

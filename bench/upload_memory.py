@@ -103,7 +103,10 @@ def ours(client: ImageKitClient):
 
 
 def sdk(base: str):
-    from imagekitio import ImageKit
+    try:
+        from imagekitio import ImageKit
+    except ImportError:
+        raise SystemExit("the SDK side needs imagekitio: pip install -e '.[bench]'") from None
 
     client = ImageKit(private_key="private_bench_key", base_url=base, max_retries=0)
 
