@@ -1,8 +1,9 @@
-"""A zero-latency ImageKit stand-in for the benchmarks: it answers at once, does no work and keeps
-nothing, so what is timed is the client's side. HTTP/1.1 with keep-alive, one thread per
-connection.
+"""An ImageKit stand-in for the benchmarks: it does no work and keeps nothing. By default it
+answers at once, so what is timed is the client's side; with UPLOAD_MS and MB_PER_S an upload
+takes ImageKit-like time (UPLOAD_MS plus the body's transfer at MB_PER_S) before its answer.
+HTTP/1.1 with keep-alive, one thread per connection.
 
-    python bench/_standin.py PORT
+    python bench/_standin.py PORT [UPLOAD_MS MB_PER_S]
 
 - ``POST /api/v1/files/upload`` reads the whole body and answers 200 with a file object
   (``extensionStatus`` ``{"remove-bg": "pending"}``): a remove-bg upload accepted;
@@ -14,9 +15,13 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _ids = itertools.count(1)
+#: Seconds an upload takes at ImageKit, and its transfer rate (bytes/s); 0: at once.
+UPLOAD_SECONDS = 0.0
+BYTES_PER_SECOND = 0.0
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -60,6 +65,8 @@ class Handler(BaseHTTPRequestHandler):
                 break
             remaining -= len(chunk)
         if self.path.startswith("/api/v1/files/upload"):
+            if UPLOAD_SECONDS or BYTES_PER_SECOND:
+                time.sleep(UPLOAD_SECONDS + (length / BYTES_PER_SECOND if BYTES_PER_SECOND else 0))
             self._answer(200, self._file())
         else:
             self._answer(404, {"message": "not found"})
@@ -72,6 +79,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
+    global UPLOAD_SECONDS, BYTES_PER_SECOND
+    if len(sys.argv) > 2:
+        UPLOAD_SECONDS = float(sys.argv[2]) / 1000
+        BYTES_PER_SECOND = float(sys.argv[3]) * 1_000_000
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
     server.daemon_threads = True
     print("ready", flush=True)

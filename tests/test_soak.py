@@ -1,8 +1,12 @@
 """The soak test (bench/soak), small, in CI: PostgreSQL, the emulator with every fault, gunicorn
 and four task workers, with the crashes (workers SIGKILLed every few seconds, gunicorn twice,
 the emulator once), checked against the emulator's ground truth; once on django-tasks-db's
-db_worker, once on RQ over Redis through django-tasks-rq. ``./dev soak --images 1000`` runs the
-full one.
+db_worker, once on RQ over Redis through django-tasks-rq, once on Celery over RabbitMQ through
+django-tasks-celery, and once in the production shape (Celery, media on moto's S3 server, no
+shared disk). ``./dev soak --images 1000`` runs the full one.
+
+Switches for CI's budget: SOAK_CI_IMAGES (60 by default) sizes every run; SOAK_CI_PRODUCTION=0
+leaves out the production shape.
 
 The checker itself (``soak.verify``) is tested here too, on a hand-made run, so that a soak that
 passes means something."""
@@ -21,7 +25,7 @@ from bench import soak
 #: 60 images each (the CI budget): small images, a deadline to match, no capacity probe.
 CI_ARGS = [
     "--images",
-    "60",
+    os.environ.get("SOAK_CI_IMAGES", "60"),
     "--image-size",
     "200,400",
     "--pending-deadline",
@@ -42,15 +46,46 @@ def _redis_url() -> str | None:
     return url
 
 
+CELERY_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def _needs_celery() -> None:
+    for module in ("django_tasks_celery", "storages", "moto"):
+        try:
+            __import__(module)
+        except ImportError:
+            pytest.skip(f"{module} is not installed (the dev extra)")
+    from kombu import Connection
+
+    try:
+        with Connection(CELERY_BROKER, connect_timeout=2) as broker:
+            broker.ensure_connection(max_retries=1)
+    except Exception:
+        if os.environ.get("CI") == "true":
+            pytest.fail("RabbitMQ is needed for the Celery soak in CI (127.0.0.1:5672)")
+        pytest.skip("RabbitMQ is not reachable")
+    if _redis_url() is None:
+        pytest.skip("Redis (the Celery soak's ledger) is not reachable")
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["db", "rq"])
+@pytest.mark.parametrize("engine", ["db", "rq", "celery", "celery-s3"])
 def test_the_ci_soak_matches_the_ground_truth(engine):
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL (set DATABASE_URL)")
     if django.VERSION < (6,):
         pytest.skip("the soak runs on the Django 6 leg (the CI budget)")
-    args = [*CI_ARGS, "--engine", engine, "--seed", "7" if engine == "db" else "8"]
+    seed = {"db": "7", "rq": "8", "celery": "9", "celery-s3": "10"}[engine]
+    args = [*CI_ARGS, "--seed", seed]
+    if engine == "celery-s3":
+        if os.environ.get("SOAK_CI_PRODUCTION") == "0":
+            pytest.skip("SOAK_CI_PRODUCTION=0")
+        engine = "celery"
+        args += ["--media", "s3"]
+    args += ["--engine", engine]
+    if engine == "celery":
+        _needs_celery()
     if engine == "rq":
         redis_url = _redis_url()
         if redis_url is None:

@@ -8,6 +8,7 @@ from typing import Any
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/imagekit_bgremove"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 #: Every fault the emulator has (knob names of imagekit_bgremove.emulator.faults.Faults).
 FAULTS: dict[str, Any] = {
@@ -58,7 +59,8 @@ DOCUMENTED_FAILURES = {
     "synchronous remove-bg that failed)",
 }
 
-ENGINES = ("db", "rq")
+ENGINES = ("db", "rq", "celery")
+MEDIA = ("local", "s3")
 
 
 @dataclass
@@ -75,6 +77,11 @@ class SoakConfig:
     #: rqworker's --worker-class ("" for rq's default, a work horse forked per task, which the
     #: README recommends; "rq.SimpleWorker" runs each task in the worker process).
     rq_worker_class: str = ""
+    #: RabbitMQ, the broker of --engine celery.
+    broker_url: str = DEFAULT_BROKER_URL
+    #: "local": MEDIA_ROOT, one folder every process shares; "s3": a bucket on moto's S3 server
+    #: and a folder of its own for each process (no shared disk).
+    media: str = "local"
     workers: int = 4
     server: str = "auto"  # gunicorn, runserver or auto
     emulator_workers: int = 2
@@ -187,11 +194,54 @@ IMAGEKIT_BGREMOVE["TASK_QUEUE"] = {queue!r}
 """
 
 
-def write_settings(run_dir: Path, config: SoakConfig, *, rq_queue: str = "") -> None:
-    engine = (
-        RQ_SETTINGS.format(queue=rq_queue, redis_url=config.redis_url)
-        if config.engine == "rq"
-        else ""
-    )
+CELERY_SETTINGS = """
+# Celery over RabbitMQ through django-tasks-celery; the queue's name is this run's own.
+INSTALLED_APPS = [a for a in INSTALLED_APPS if a != "django_tasks_db"]
+TASKS = {{
+    "default": {{
+        "BACKEND": "django_tasks_celery.CeleryBackend",
+        "QUEUES": [{queue!r}, "default"],
+        "OPTIONS": {{"CELERY_APP": "bench.soak.celery_app.app"}},
+    }}
+}}
+CELERY_BROKER_URL = {broker_url!r}
+# A task is acknowledged when it ends, and given back when its worker dies: a SIGKILLed task
+# runs again on another worker (the app's tasks are safe to run twice).
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = {queue!r}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+IMAGEKIT_BGREMOVE["TASK_QUEUE"] = {queue!r}
+"""
+
+S3_SETTINGS = """
+# Media in a bucket of moto's S3 server (a process of its own): no process shares a disk.
+STORAGES = {{
+    "staticfiles": {{"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}},
+    "default": {{
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {{
+            "bucket_name": {bucket!r},
+            "endpoint_url": os.environ["SOAK_S3_URL"],
+            "access_key": "soak",
+            "secret_key": "soak",
+            "region_name": "us-east-1",
+            "file_overwrite": False,
+            "querystring_auth": True,
+        }},
+    }},
+}}
+"""
+
+
+def write_settings(run_dir: Path, config: SoakConfig, *, queue: str = "", bucket: str = "") -> None:
+    engine = ""
+    if config.engine == "rq":
+        engine = RQ_SETTINGS.format(queue=queue, redis_url=config.redis_url)
+    elif config.engine == "celery":
+        engine = CELERY_SETTINGS.format(queue=queue, broker_url=config.broker_url)
+    if config.media == "s3":
+        engine += S3_SETTINGS.format(bucket=bucket)
     text = SETTINGS_TEMPLATE.format(overrides=config.app_settings(), engine=engine)
     (run_dir / f"{SETTINGS_MODULE}.py").write_text(text)

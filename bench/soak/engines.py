@@ -1,5 +1,6 @@
-"""The two task engines the soak runs on: django-tasks-db (``manage.py db_worker``) and RQ over
-Redis through django-tasks-rq (``manage.py rqworker``). Each says how to start a worker, how
+"""The task engines the soak runs on: django-tasks-db (``manage.py db_worker``), RQ over Redis
+through django-tasks-rq (``manage.py rqworker``) and Celery over RabbitMQ through
+django-tasks-celery (``celery worker``). Each says how to start a worker, how
 much work is still open, and what became of the tasks, knowing which workers were killed: a
 task whose worker was SIGKILLed mid-run is *abandoned* (no engine finishes it), and the app's
 leases and reconcile must make up for it."""
@@ -33,6 +34,10 @@ class Engine:
     def snapshot(self) -> dict[str, Any]:
         """``{"counts": {...}, "failed": [...], "abandoned": n, "outcomes": {...}}``."""
         raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        """What every process of the run needs in its environment for this engine."""
+        return {}
 
     def cleanup(self) -> None:
         pass
@@ -302,5 +307,128 @@ class RQEngine(Engine):
             connection.delete(*keys[start : start + 500])
 
 
-def make_engine(name: str, redis_url: str, rq_worker_class: str = "") -> Engine:
-    return RQEngine(redis_url, rq_worker_class) if name == "rq" else DbEngine()
+class CeleryEngine(Engine):
+    name = "celery"
+    label = "Celery over RabbitMQ (django-tasks-celery, celery worker --pool solo)"
+
+    def __init__(self, broker_url: str, redis_url: str) -> None:
+        super().__init__()
+        self.broker_url = broker_url
+        #: The ledger of bench.soak.celery_app (Redis; RabbitMQ carries the tasks).
+        self.redis_url = redis_url
+        #: This run's own queue (and the ledger's key prefix): other runs may share the broker.
+        self.queue = f"ikbg_soak_{secrets.token_hex(4)}"
+
+    def worker_id(self, number: int, generation: int) -> str:
+        return f"{self.queue}-{number}-{generation}@soak"
+
+    def worker_argv(self, number: int, generation: int) -> list[str]:
+        # The solo pool runs the task in the worker process: its SIGKILL is the task's, as with
+        # the other engines (a prefork pool's children would outlive their parent's kill).
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "--app",
+            "bench.soak.celery_app",
+            "worker",
+            "--pool",
+            "solo",
+            "--queues",
+            self.queue,
+            "--hostname",
+            self.worker_id(number, generation),
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "WARNING",
+        ]
+
+    def env(self) -> dict[str, str]:
+        return {"SOAK_LEDGER_URL": self.redis_url, "SOAK_LEDGER": self.queue}
+
+    def check_server(self) -> None:
+        from kombu import Connection
+        from redis import Redis
+
+        from .procs import SoakError
+
+        try:
+            with Connection(self.broker_url, connect_timeout=3) as connection:
+                connection.ensure_connection(max_retries=1)
+        except Exception as exc:
+            raise SoakError(f"RabbitMQ is not reachable at {self.broker_url}: {exc}") from None
+        try:
+            Redis.from_url(self.redis_url, socket_connect_timeout=3).ping()
+        except Exception as exc:
+            raise SoakError(
+                f"Redis (the ledger) is unreachable at {self.redis_url}: {exc}"
+            ) from None
+
+    def _ledger(self) -> tuple[dict[str, str], dict[str, Any], dict[str, str], dict[str, int]]:
+        import json
+
+        from redis import Redis
+
+        redis = Redis.from_url(self.redis_url, decode_responses=True)
+        published = redis.hgetall(f"{self.queue}:published")
+        finished = {k: json.loads(v) for k, v in redis.hgetall(f"{self.queue}:finished").items()}
+        running = redis.hgetall(f"{self.queue}:running")
+        starts = {k: int(v) for k, v in redis.hgetall(f"{self.queue}:starts").items()}
+        return published, finished, running, starts
+
+    def open_tasks(self) -> int:
+        """Published and not finished. With late acknowledgement a killed worker's task goes
+        back to the queue (RabbitMQ requeues what an closed connection had not acknowledged),
+        so no task is lost: it runs again on another worker."""
+        published, finished, _, _ = self._ledger()
+        return sum(1 for task_id in published if task_id not in finished)
+
+    def snapshot(self) -> dict[str, Any]:
+        published, finished, running, starts = self._ledger()
+        counts: Counter[str] = Counter()
+        outcomes: Counter[str] = Counter()
+        failed = []
+        for task_id, name in published.items():
+            task = name.rsplit(".", 1)[-1]
+            if task_id not in finished:
+                counts[f"{task}:open"] += 1
+                continue
+            _, state, outcome = finished[task_id]
+            counts[f"{task}:{state.lower()}"] += 1
+            if state == "SUCCESS" and task == "submit_removal":
+                outcomes[str(outcome)] += 1
+            if state != "SUCCESS":
+                failed.append(
+                    {"task": task, "args": [], "exception": state, "traceback": [outcome]}
+                )
+        # A start beyond the first is the same task run again after its worker was killed.
+        rerun = sum(n - 1 for n in starts.values() if n > 1)
+        counts["run again after a killed worker"] = rerun
+        return {
+            "counts": dict(sorted(counts.items())),
+            "failed": failed,
+            "abandoned": rerun,
+            "outcomes": dict(outcomes),
+            "running_on_dead": sum(1 for w in running.values() if w in self.dead),
+        }
+
+    def cleanup(self) -> None:
+        """Remove this run's ledger from Redis and its queue from RabbitMQ."""
+        from kombu import Connection
+        from redis import Redis
+
+        redis = Redis.from_url(self.redis_url)
+        redis.delete(*(f"{self.queue}:{k}" for k in ("published", "finished", "running", "starts")))
+        with Connection(self.broker_url, connect_timeout=3) as connection:
+            connection.default_channel.queue_delete(self.queue)
+
+
+def make_engine(
+    name: str, redis_url: str, rq_worker_class: str = "", broker_url: str = ""
+) -> Engine:
+    if name == "rq":
+        return RQEngine(redis_url, rq_worker_class)
+    if name == "celery":
+        return CeleryEngine(broker_url, redis_url)
+    return DbEngine()

@@ -14,7 +14,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, ENGINES, FAULTS, SoakConfig
+from .config import (
+    DEFAULT_BROKER_URL,
+    DEFAULT_DATABASE_URL,
+    DEFAULT_REDIS_URL,
+    ENGINES,
+    FAULTS,
+    MEDIA,
+    SoakConfig,
+)
 from .procs import ROOT, SoakError
 from .report import format_report
 
@@ -27,7 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--images", type=int, default=200, help="products to save (%(default)s)")
-    add("--engine", choices=ENGINES, default="db", help="task engine: db_worker or rqworker")
+    add(
+        "--engine",
+        choices=ENGINES,
+        default="db",
+        help="task engine: db_worker, rqworker or celery worker",
+    )
+    add(
+        "--media",
+        choices=MEDIA,
+        default="local",
+        help="local: one MEDIA_ROOT; s3: a bucket on moto's S3 server, no shared disk",
+    )
     add("--workers", type=int, default=4, help="task worker processes (%(default)s)")
     add("--seed", type=int, default=1, help="images, choices, faults and kills (%(default)s)")
     add("--timeout", type=float, default=1800.0, help="give up after this many seconds")
@@ -36,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--database-url",
         help="PostgreSQL server to use (default: DATABASE_URL, else " + DEFAULT_DATABASE_URL + ")",
     )
-    add("--redis-url", default=DEFAULT_REDIS_URL, help="Redis for --engine rq (%(default)s)")
+    add(
+        "--redis-url",
+        default=DEFAULT_REDIS_URL,
+        help="Redis for --engine rq, and the ledger of --engine celery (%(default)s)",
+    )
+    add("--broker-url", default=DEFAULT_BROKER_URL, help="RabbitMQ for --engine celery")
     add(
         "--rq-worker-class",
         default="",
@@ -70,6 +94,8 @@ def config_from(args: argparse.Namespace) -> SoakConfig:
         database_url=args.database_url or "",
         redis_url=args.redis_url,
         rq_worker_class=args.rq_worker_class,
+        broker_url=args.broker_url,
+        media=args.media,
         server=args.server,
         in_flight=args.in_flight,
         pending_deadline=args.pending_deadline,

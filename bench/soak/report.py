@@ -35,7 +35,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         return "soak: no report (the run did not get that far)"
     lines = [
         f"soak: {report['images']} images on {report['engine_label']}, {report['workers']} "
-        f"workers, {report['server']}, seed {report['seed']}",
+        f"workers, {report['server']}, media "
+        f"{'on S3 (moto), no shared disk' if report.get('media') == 's3' else 'in MEDIA_ROOT'}, "
+        f"seed {report['seed']}",
         "",
     ]
     rows = [("check", "result", "account")]

@@ -30,7 +30,7 @@ from .config import (
 )
 from .cpu import CpuMeter
 from .database import _pg_config, create_database, drop_database
-from .engines import RQEngine, make_engine
+from .engines import make_engine
 from .procs import (
     LOCALHOST,
     ROOT,
@@ -101,6 +101,32 @@ def _child_env(run_dir: Path, db_url: str, emulator_url: str, web_url: str) -> d
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+def _own_disk(env: dict[str, str], run_dir: Path, name: str, config: SoakConfig) -> dict[str, str]:
+    """With media on S3 each process has a folder of its own: nothing may rely on another's."""
+    if config.media != "s3":
+        return env
+    return {**env, "VAR_DIR": str(run_dir / f"var-{name}")}
+
+
+def _start_s3(children: Children, env: Mapping[str, str], bucket: str) -> str:
+    """moto's S3 server as a child process, with the run's bucket; returns its URL."""
+    import boto3
+
+    port = free_port()
+    argv = [sys.executable, "-m", "moto.server", "-H", LOCALHOST, "-p", str(port)]
+    server = children.start("s3", argv, env)
+    url = f"http://{LOCALHOST}:{port}"
+    wait_until_answers(f"{url}/moto-api/", server, "moto's S3 server")
+    boto3.client(
+        "s3",
+        endpoint_url=url,
+        aws_access_key_id="soak",
+        aws_secret_access_key="soak",
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
+    return url
 
 
 def _setup_django(run_dir: Path, env: Mapping[str, str]) -> None:
@@ -198,8 +224,8 @@ def run(config: SoakConfig) -> dict[str, Any]:
     """Run the soak in this process (Django must not be configured yet); returns the report."""
     database_url = config.database_url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     _pg_config(database_url)
-    engine = make_engine(config.engine, config.redis_url, config.rq_worker_class)
-    if isinstance(engine, RQEngine):
+    engine = make_engine(config.engine, config.redis_url, config.rq_worker_class, config.broker_url)
+    if hasattr(engine, "check_server"):
         engine.check_server()
     quiet = config.quiet
     started = time.monotonic()
@@ -217,11 +243,15 @@ def run(config: SoakConfig) -> dict[str, Any]:
         db_name, db_url = create_database(database_url)
         report["database"] = db_name
         say(f"soak: database {db_name}, {engine.label}, run directory {run_dir}", quiet=quiet)
-        write_settings(run_dir, config, rq_queue=getattr(engine, "queue", ""))
+        bucket = f"ikbg-soak-{db_name.rsplit('_', 1)[-1]}".lower().replace("_", "-")
+        write_settings(run_dir, config, queue=getattr(engine, "queue", ""), bucket=bucket)
         emulator_port, web_port = free_port(), free_port()
         emulator_url = f"http://{LOCALHOST}:{emulator_port}"
         web_url = f"http://{LOCALHOST}:{web_port}"
         env = _child_env(run_dir, db_url, emulator_url, web_url)
+        env.update(engine.env())
+        if config.media == "s3":
+            env["SOAK_S3_URL"] = _start_s3(children, env, bucket)
         _setup_django(run_dir, env)
         from django.core.management import call_command
         from django.db import connections
@@ -257,11 +287,15 @@ def run(config: SoakConfig) -> dict[str, Any]:
         emulator = children.start("emulator", emulator_argv, env)
         wait_until_answers(f"{emulator_url}/_emulator/health", emulator, "the emulator")
         server_kind = _server_kind(config.server)
-        web = children.start("web", _web_server_argv(server_kind, web_port), env)
+        web = children.start(
+            "web", _web_server_argv(server_kind, web_port), _own_disk(env, run_dir, "web", config)
+        )
         worker_names = []
         for number in range(1, config.workers + 1):
             name = f"worker-{number}"
-            children.start(name, engine.worker_argv(number, 1), env)
+            children.start(
+                name, engine.worker_argv(number, 1), _own_disk(env, run_dir, name, config)
+            )
             worker_names.append(name)
         web_probe = f"{web_url}/imagekit-bgremove/webhooks/imagekit/soak/"
         wait_until_answers(web_probe, web, f"the web server ({server_kind})")
@@ -397,6 +431,7 @@ def run(config: SoakConfig) -> dict[str, Any]:
             images=config.images,
             engine=engine.name,
             engine_label=engine.label,
+            media=config.media,
             workers=config.workers,
             in_flight=config.in_flight,
             server=server_kind,

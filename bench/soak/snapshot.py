@@ -3,8 +3,8 @@ data."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import posixpath
+from collections.abc import Iterator
 from typing import Any
 
 from .images import sha256
@@ -12,7 +12,6 @@ from .workload import Plan
 
 
 def take(plan: Plan) -> dict[str, Any]:
-    from django.conf import settings
     from django.db.models import Sum
 
     from example_project.catalogue.models import Product
@@ -106,12 +105,10 @@ def take(plan: Plan) -> dict[str, Any]:
         for name, expected in plan.originals.items()
     }
     known = set(plan.originals) | {j["result_name"] for j in jobs if j["result_name"]}
-    media = Path(settings.MEDIA_ROOT)
-    on_disk = sorted(
-        str(Path(folder, name).relative_to(media))
-        for folder, _, names in os.walk(media)
-        for name in names
-    )
+    try:
+        on_disk = sorted(_names(storage))
+    except FileNotFoundError:  # MEDIA_ROOT was never created: nothing was stored
+        on_disk = []
     counted = dict(WebhookCount.objects.values_list("kind").annotate(total=Sum("count")).order_by())
     return {
         "jobs": jobs,
@@ -123,3 +120,12 @@ def take(plan: Plan) -> dict[str, Any]:
         "storage_files": len(on_disk),
         "stray_files": [name for name in on_disk if name not in known],
     }
+
+
+def _names(storage: Any, folder: str = "") -> Iterator[str]:
+    """Every file in ``storage`` (a local folder or a bucket alike)."""
+    folders, files = storage.listdir(folder)
+    for name in files:
+        yield posixpath.join(folder, name) if folder else name
+    for sub in folders:
+        yield from _names(storage, posixpath.join(folder, sub) if folder else sub)
