@@ -71,11 +71,10 @@ ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 ROOT_URLCONF = "ikbg_bench_urls"
 DATABASES["default"]["CONN_MAX_AGE"] = 60  # noqa: F405 - persistent, as in production
 LOGGING = {"version": 1, "disable_existing_loggers": False}
-SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.W001"]  # the emulator is fine on loopback
+SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.W008"]  # the emulator is fine on loopback
 IMAGEKIT_BGREMOVE = {
     **IMAGEKIT_BGREMOVE,  # noqa: F405
     "WEBHOOK_SECRETS": [%(secret)r],
-    "EMULATOR_AUTOSTART": False,
 }
 """
 

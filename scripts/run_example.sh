@@ -119,8 +119,7 @@ PYEOF
 if [[ -z "${IMAGEKIT_PRIVATE_KEY:-}" ]]; then
     EMULATOR_PORT="$(pick_port "ImageKit emulator" "${EMULATOR_PORT:-}" "$DEFAULT_EMULATOR_PORT")"
     export IMAGEKIT_EMULATOR_URL="http://$HOST:$EMULATOR_PORT"
-    export IMAGEKIT_EMULATOR_AUTOSTART=false  # the one started here, not one per process
-    "$PY" -m imagekit_bgremove.emulator --host "$HOST" --port "$EMULATOR_PORT" \
+    "$PY" -m imagekit_emulator --host "$HOST" --port "$EMULATOR_PORT" \
         --data-dir "$VAR_DIR/emulator" &
     pids+=($!)
     wait_for_port "$HOST" "$EMULATOR_PORT" "the ImageKit emulator"

@@ -104,7 +104,6 @@ def emulator_settings(emulator: Any, **extra: Any) -> dict[str, Any]:
         "API_BASE_URL": emulator.url,
         "URL_ENDPOINT": emulator.url_endpoint,
         "WEBHOOK_SECRETS": list(emulator.webhook_secrets),
-        "EMULATOR_AUTOSTART": False,
         "MAX_RETRIES": 0,
         "TASK_RETRY_DELAY": 0,
         **extra,
@@ -119,7 +118,7 @@ def set_faults(emulator: Any, **faults: Any) -> None:
 @pytest.fixture(scope="session")
 def _emulator_server() -> Iterator[Any]:
     """One emulator for the session; each test gets it reset (``emulator``/``live_emulator``)."""
-    from imagekit_bgremove.emulator.testing import running_emulator
+    from imagekit_emulator.testing import running_emulator
 
     with running_emulator() as server:
         yield server

@@ -78,9 +78,11 @@ STORAGES = {
 
 IMAGEKIT_BGREMOVE = {
     "WEBHOOK_BASE_URL": "http://testserver",
+    # Nothing listens there: tests that reach ImageKit use the fake (imagekit_bgremove.testing)
+    # or the emulator fixtures, which set their own URLs.
+    "EMULATOR_URL": "http://127.0.0.1:9",
     # Tests see the tasks of a commit run when it ends (tests/test_queueing.py covers the thread).
     "ENQUEUE_IN_BACKGROUND": False,
-    "EMULATOR_AUTOSTART": False,
     "RETRY_BACKOFF": 0.01,
     "RETRY_BACKOFF_MAX": 0.05,
 }

@@ -10,8 +10,8 @@ import time
 import pytest
 import requests
 
-from imagekit_bgremove.emulator.testing import CallbackReceiver, running_emulator, sample_image
 from imagekit_bgremove.signatures import SignatureStale, verify
+from imagekit_emulator.testing import CallbackReceiver, running_emulator, sample_image
 
 UPLOAD = "/api/v1/files/upload"
 

@@ -245,7 +245,7 @@ INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "imageki
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
-SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.W001"]
+SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.E010"]
 """
 
 MODELS_BEFORE = """

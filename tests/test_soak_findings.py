@@ -177,7 +177,7 @@ settings.configure(
     ],
     DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
     TASKS={"default": {"BACKEND": dummy, "QUEUES": ["images"]}},
-    IMAGEKIT_BGREMOVE={"TASK_QUEUE": "images", "EMULATOR_AUTOSTART": False},
+    IMAGEKIT_BGREMOVE={"TASK_QUEUE": "images"},
     SECRET_KEY="probe",
     USE_TZ=True,
 )

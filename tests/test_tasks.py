@@ -79,7 +79,7 @@ def test_a_task_backend_without_a_default_alias_works():
                             "imagekit_bgremove"],
             DATABASES={{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}}},
             TASKS={{"work": {{"BACKEND": "{}"}}}},
-            IMAGEKIT_BGREMOVE={{"TASK_BACKEND": "work", "EMULATOR_AUTOSTART": False}},
+            IMAGEKIT_BGREMOVE={{"TASK_BACKEND": "work"}},
             USE_TZ=True,
         )
         django.setup()
@@ -128,7 +128,7 @@ STORAGES = {"default": {"BACKEND": "django.core.files.storage.FileSystemStorage"
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend",
                      "QUEUES": ["default", "removals"]}}
 IMAGEKIT_BGREMOVE = json.loads(os.environ["IKBG_SETTINGS"])
-SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.W001"]
+SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.E010"]
 """
 
 CREATE = """
