@@ -17,35 +17,6 @@ from typing import Any
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-# ------------------------------------------------------------------------------ isolation
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A transaction left open by an earlier test (or a thread it started) would silently stall
-    every later test's on-commit work; name the problem at the first test that meets it."""
-    from django.db import connections
-    from pytest_django.plugin import blocking_manager_key
-
-    for connection in connections.all(initialized_only=True):
-        if connection.in_atomic_block or (connection.connection and not connection.autocommit):
-            # Roll it back, so that only this test fails, not every one after it.
-            blocker = item.config.stash[blocking_manager_key]
-            blocker.unblock()
-            try:
-                connection.atomic_blocks.clear()
-                connection.savepoint_ids.clear()
-                connection.in_atomic_block = False
-                try:
-                    connection.rollback()
-                except Exception:  # closed underneath it: the next query connects afresh
-                    connection.connection = None
-                connection.set_autocommit(True)
-            finally:
-                blocker.restore()
-            pytest.fail(f"an earlier test left a transaction open on database {connection.alias!r}")
-
-
 # ------------------------------------------------------------------------------ test images
 
 
