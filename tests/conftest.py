@@ -150,6 +150,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+# ------------------------------------------------------------------------------ the fake ImageKit
+
+
+@pytest.fixture
+def imagekit() -> Iterator[Any]:
+    """The in-memory fake ImageKit (imagekit_bgremove.testing) in place of the client: for
+    tests of the app's own logic, no server involved."""
+    from imagekit_bgremove.testing import FakeImageKit
+
+    with FakeImageKit() as fake:
+        yield fake
+
+
 # ------------------------------------------------------------------------------ jobs and tasks
 
 

@@ -33,7 +33,8 @@ def test_also_when_the_live_server_starts_before_the_test_database():
             f"{__file__}::test_the_live_server_has_connections_of_its_own",
         ],
         cwd=ROOT,
-        env=os.environ,
+        # SQLite is where the sharing happens (and the running test holds a PostgreSQL one).
+        env={**os.environ, "DATABASE_URL": "sqlite:///:memory:"},
         capture_output=True,
         text=True,
         timeout=300,

@@ -398,6 +398,8 @@ class ImageKitClient(Transport):
 # The shared client
 
 _local = threading.local()
+# Set by imagekit_bgremove.testing.FakeImageKit while it is installed: every thread gets it.
+_fake: Any = None
 
 
 def get_client() -> ImageKitClient:
@@ -406,6 +408,8 @@ def get_client() -> ImageKitClient:
     name no ImageKit."""
     from ..conf import app_settings
 
+    if _fake is not None:
+        return _fake
     app_settings.require_imagekit()
     key = (
         hashlib.sha256(app_settings.private_key.encode()).hexdigest(),
