@@ -29,7 +29,7 @@ from imagekit_bgremove.rest_framework import (
     StrictFieldsMixin,
     with_removal_state,
 )
-from tests.conftest import image_bytes
+from tests.helpers import image_bytes
 from tests.testapp.models import Product
 
 

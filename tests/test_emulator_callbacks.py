@@ -19,6 +19,9 @@ from imagekit_bgremove.signatures import (
 )
 from imagekit_emulator.testing import CallbackReceiver, running_emulator, sample_image
 
+# The emulator over real HTTP.
+pytestmark = pytest.mark.integration
+
 UPLOAD = "/api/v1/files/upload"
 DETAIL_KEYS = {
     "fileId",

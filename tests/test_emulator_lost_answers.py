@@ -13,6 +13,9 @@ import requests
 from imagekit_bgremove.signatures import SignatureStale, verify
 from imagekit_emulator.testing import CallbackReceiver, running_emulator, sample_image
 
+# The emulator over real HTTP.
+pytestmark = pytest.mark.integration
+
 UPLOAD = "/api/v1/files/upload"
 
 

@@ -16,7 +16,7 @@ from imagekit_bgremove import services
 from imagekit_bgremove.models import JobStatus, RemovalJob
 from imagekit_bgremove.signatures import signature_headers
 from imagekit_bgremove.tokens import make_token
-from tests.conftest import emulator_jobs, make_image, set_faults, uploads, wait_for
+from tests.helpers import emulator_jobs, make_image, set_faults, uploads, wait_for
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db

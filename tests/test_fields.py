@@ -19,7 +19,7 @@ from django.db.migrations.writer import MigrationWriter
 from imagekit_bgremove import services
 from imagekit_bgremove.fields import BackgroundRemovalImageField
 from imagekit_bgremove.models import JobStatus, RemovalJob, Trigger
-from tests.conftest import make_image, uploads
+from tests.helpers import make_image, uploads
 from tests.testapp.models import Article, Document, Product, only_published
 
 pytestmark = pytest.mark.django_db

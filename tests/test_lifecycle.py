@@ -22,7 +22,7 @@ from imagekit_bgremove.compat import task_backends
 from imagekit_bgremove.exceptions import ServerError
 from imagekit_bgremove.models import UNFINISHED, JobStatus, RemovalJob
 from imagekit_bgremove.services import reconciliation, submission
-from tests.conftest import emulator_jobs, image_bytes, make_image, set_faults, uploads, wait_for
+from tests.helpers import emulator_jobs, image_bytes, make_image, set_faults, uploads, wait_for
 from tests.testapp.models import Asset, FeaturedProduct, Product, ProductProxy
 
 pytestmark = pytest.mark.django_db

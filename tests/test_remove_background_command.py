@@ -11,6 +11,9 @@ from django.core.management import CommandError, call_command
 
 from imagekit_emulator.testing import running_emulator
 
+# The emulator over real HTTP.
+pytestmark = pytest.mark.integration
+
 SAMPLES = Path(__file__).resolve().parent.parent / "example_project" / "sample_images"
 
 

@@ -13,7 +13,7 @@ from django.db import DataError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from imagekit_bgremove.models import JobStatus, RemovalJob
-from tests.conftest import make_image
+from tests.helpers import make_image
 from tests.testapp.models import Article, FeaturedProduct, Product, ProductProxy
 
 

@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from imagekit_bgremove.models import JobStatus, RemovalJob
 from imagekit_bgremove.tokens import make_token
-from tests.conftest import make_image, wait_for
+from tests.helpers import make_image, wait_for
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db

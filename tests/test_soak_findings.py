@@ -18,7 +18,7 @@ from django.utils import timezone
 from imagekit_bgremove import services
 from imagekit_bgremove.conf import app_settings
 from imagekit_bgremove.models import JobStatus, RemovalJob
-from tests.conftest import image_bytes, set_faults, uploads
+from tests.helpers import image_bytes, set_faults, uploads
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db

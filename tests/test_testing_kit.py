@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from example_project.catalogue.models import Product
 from imagekit_bgremove.exceptions import ServerError
 from imagekit_bgremove.models import JobStatus
-from tests.conftest import image_bytes
+from tests.helpers import image_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
