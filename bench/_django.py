@@ -51,8 +51,8 @@ def configure(
             "default": {"BACKEND": immediate},
             "db": {"BACKEND": "django_tasks_db.DatabaseBackend"},
         },
-        IMAGEKIT_BGREMOVE={"TASK_BACKEND": "db", "EMULATOR_AUTOSTART": False, **imagekit},
-        SILENCED_SYSTEM_CHECKS=["imagekit_bgremove.W001"],
+        IMAGEKIT_BGREMOVE={"TASK_BACKEND": "db", **imagekit},
+        SILENCED_SYSTEM_CHECKS=["imagekit_bgremove.W008"],
         LOGGING_CONFIG=None,
     )
     django.setup()

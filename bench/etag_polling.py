@@ -70,8 +70,8 @@ def configure() -> None:
         REST_FRAMEWORK={
             "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication"],
         },
-        IMAGEKIT_BGREMOVE={"EMULATOR_AUTOSTART": False, "WEBHOOK_BASE_URL": "http://bench"},
-        SILENCED_SYSTEM_CHECKS=["imagekit_bgremove.W001"],
+        IMAGEKIT_BGREMOVE={"WEBHOOK_BASE_URL": "http://bench"},
+        SILENCED_SYSTEM_CHECKS=["imagekit_bgremove.W008"],
         LOGGING_CONFIG=None,
     )
     django.setup()

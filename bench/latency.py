@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 sys.executable,
                 "-m",
-                "imagekit_bgremove.emulator",
+                "imagekit_emulator",
                 "--host",
                 LOCALHOST,
                 "--port",

@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Runnable from a plain checkout, without installing the package.
 sys.path.insert(0, str(REPO_ROOT))
 
-from imagekit_bgremove.emulator.removal import compute_mask, remove_background  # noqa: E402
+from imagekit_emulator.removal import compute_mask, remove_background  # noqa: E402
 
 IOU_TARGET = 0.95
 SECONDS_TARGET = 3.0

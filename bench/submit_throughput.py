@@ -57,7 +57,7 @@ DEBUG = False
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 # The emulator-style local setup, on purpose: no real account, a loopback webhook.
 SILENCED_SYSTEM_CHECKS = [
-    "imagekit_bgremove.W001",
+    "imagekit_bgremove.W008",
     "imagekit_bgremove.W004",
     "imagekit_bgremove.W005",
 ]
@@ -68,7 +68,6 @@ IMAGEKIT_BGREMOVE = {
     "URL_ENDPOINT": %(url)r + "/ik",
     "WEBHOOK_BASE_URL": "http://127.0.0.1:9",
     "WEBHOOK_SECRETS": ["whsec_bench"],
-    "EMULATOR_AUTOSTART": False,
     "MAX_RETRIES": 0,
 }
 """

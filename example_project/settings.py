@@ -1,7 +1,7 @@
 """Settings of the example project, read from the environment (django-environ).
 
-Every variable has a safe local default, so ``scripts/run_example.sh`` needs none of them: with no
-IMAGEKIT_PRIVATE_KEY the app talks to the bundled ImageKit emulator on 127.0.0.1:8790.
+Every variable has a safe local default; ``./dev run`` (scripts/run_example.sh) starts the ImageKit
+emulator as a process of its own and sets IMAGEKIT_EMULATOR_URL to it.
 
 =========================== ================================================================
 IMAGEKIT_PRIVATE_KEY        your ImageKit private key (empty: use the emulator)
@@ -9,8 +9,7 @@ IMAGEKIT_URL_ENDPOINT       e.g. https://ik.imagekit.io/your_id
 IMAGEKIT_UPLOAD_BASE_URL    only to override https://upload.imagekit.io
 IMAGEKIT_API_BASE_URL       only to override https://api.imagekit.io
 IMAGEKIT_WEBHOOK_SECRETS    comma-separated whsec_... secrets (several during rotation)
-IMAGEKIT_EMULATOR_URL       where the emulator listens (default http://127.0.0.1:8790)
-IMAGEKIT_EMULATOR_AUTOSTART start an embedded emulator when none answers (default true)
+IMAGEKIT_EMULATOR_URL       a running ImageKit emulator, used without IMAGEKIT_PRIVATE_KEY
 PUBLIC_BASE_URL             how ImageKit reaches this site (WEBHOOK_BASE_URL), default
                             http://127.0.0.1:8000; a public https URL with a real account
 DATABASE_URL                default sqlite:///var/example.sqlite3
@@ -172,11 +171,8 @@ else:
 
 
 def _imagekit_settings() -> dict:
-    """Only what the environment sets: unset keys keep the app's (emulator) defaults."""
-    values: dict = {
-        "WEBHOOK_BASE_URL": PUBLIC_BASE_URL,
-        "EMULATOR_AUTOSTART": env.bool("IMAGEKIT_EMULATOR_AUTOSTART", default=True),
-    }
+    """Only what the environment sets: unset keys keep the app's defaults."""
+    values: dict = {"WEBHOOK_BASE_URL": PUBLIC_BASE_URL}
     for key in ("PRIVATE_KEY", "URL_ENDPOINT", "UPLOAD_BASE_URL", "API_BASE_URL", "EMULATOR_URL"):
         value = env.str(f"IMAGEKIT_{key}", default="")
         if value:

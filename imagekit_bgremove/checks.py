@@ -1,8 +1,10 @@
 """System checks for the ``IMAGEKIT_BGREMOVE`` setting (``manage.py check``).
 
 =========================== =====================================================================
-imagekit_bgremove.I001      IMAGEKIT_BGREMOVE is not set: the bundled emulator is used
-imagekit_bgremove.W001      no PRIVATE_KEY while DEBUG is False: running against the emulator
+imagekit_bgremove.E010      neither PRIVATE_KEY nor EMULATOR_URL while DEBUG is False (with DEBUG
+                            on, W001, and the first request raises ImproperlyConfigured)
+imagekit_bgremove.W001      neither PRIVATE_KEY nor EMULATOR_URL (DEBUG on)
+imagekit_bgremove.W008      EMULATOR_URL set while DEBUG is False: images go to an emulator
 imagekit_bgremove.E001      IMAGEKIT_BGREMOVE is not a dict
 imagekit_bgremove.E002      unknown keys in IMAGEKIT_BGREMOVE
 imagekit_bgremove.E003      PRIVATE_KEY is a public key
@@ -18,10 +20,9 @@ imagekit_bgremove.E008      TASK_QUEUE is not a queue of that backend
 imagekit_bgremove.E009      a timeout, retry or size setting is not a usable number
 imagekit_bgremove.W006      neither WEBHOOK_SECRETS nor WEBHOOK_CONFIRM_WITH_API (DEBUG False):
                             nothing but the URL token vouches for a callback's content
-imagekit_bgremove.W007      a real key but no URL_ENDPOINT or RESULT_HOSTS: results cannot be
-                            downloaded (no delivery host is allowed)
-imagekit_bgremove.W008      WEBHOOK_BASE_URL's host is not in ALLOWED_HOSTS: every callback
-                            would be answered 400 (DisallowedHost)
+imagekit_bgremove.E011      a real key but no URL_ENDPOINT: every job would fail on its result host
+imagekit_bgremove.E012      WEBHOOK_BASE_URL's host is not in ALLOWED_HOSTS (DEBUG False): every
+                            callback would be answered 400 (DisallowedHost); W009 with DEBUG on
 imagekit_bgremove.E020      a field's remove_bg_options or DEFAULT_OPTIONS name a bg_image_url
                             that is not public or does not resolve (the check resolves it)
 =========================== =====================================================================
@@ -36,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Info, register
+from django.core.checks import CheckMessage, Error, register
 from django.core.checks import Warning as CheckWarning
 from django.http.request import split_domain_port, validate_host
 
@@ -90,17 +91,7 @@ def _real_key() -> bool:
 def check_settings_present(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     raw = getattr(settings, SETTINGS_NAME, None)
-    if not hasattr(settings, SETTINGS_NAME):
-        messages.append(
-            Info(
-                f"{SETTINGS_NAME} is not set: background removal runs against the bundled "
-                f"ImageKit emulator at {DEFAULTS['EMULATOR_URL']}.",
-                hint=f"Add {SETTINGS_NAME} = {{'PRIVATE_KEY': ..., 'WEBHOOK_SECRETS': [...], "
-                "'WEBHOOK_BASE_URL': ...}} to use a real ImageKit account.",
-                id=f"{PREFIX}.I001",
-            )
-        )
-    elif raw is not None and not isinstance(raw, Mapping):
+    if raw is not None and not isinstance(raw, Mapping):
         messages.append(
             Error(
                 f"{SETTINGS_NAME} must be a dict, not {type(raw).__name__}.",
@@ -109,14 +100,26 @@ def check_settings_present(app_configs=None, **kwargs: Any) -> list[CheckMessage
         )
         return messages
     user = _user_settings() or {}
-    if not user.get("PRIVATE_KEY") and not settings.DEBUG:
+    if not user.get("PRIVATE_KEY") and not user.get("EMULATOR_URL"):
+        # Development may run without ImageKit until something is sent (which then raises).
+        level, code = (CheckWarning, "W001") if settings.DEBUG else (Error, "E010")
+        messages.append(
+            level(
+                f"{SETTINGS_NAME}['PRIVATE_KEY'] is not set, nor EMULATOR_URL: no ImageKit to "
+                "remove backgrounds with.",
+                hint="Set PRIVATE_KEY to your ImageKit private API key (e.g. from the "
+                "environment); for development, EMULATOR_URL to a running "
+                "`python -m imagekit_emulator` instead.",
+                id=f"{PREFIX}.{code}",
+            )
+        )
+    elif not user.get("PRIVATE_KEY") and not settings.DEBUG:
         messages.append(
             CheckWarning(
-                f"{SETTINGS_NAME}['PRIVATE_KEY'] is empty while DEBUG is False: images are sent "
-                "to the ImageKit emulator, not to ImageKit.",
-                hint="Set PRIVATE_KEY to your ImageKit private API key (e.g. from the "
-                "environment) in production.",
-                id=f"{PREFIX}.W001",
+                f"{SETTINGS_NAME}['EMULATOR_URL'] is set and PRIVATE_KEY is not, while DEBUG is "
+                "False: images are sent to the ImageKit emulator, not to ImageKit.",
+                hint="Set PRIVATE_KEY to your ImageKit private API key in production.",
+                id=f"{PREFIX}.W008",
             )
         )
     key = user.get("PRIVATE_KEY")
@@ -216,14 +219,14 @@ def check_webhooks(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
                 id=f"{PREFIX}.W006",
             )
         )
-    if real_key and not user.get("URL_ENDPOINT") and not user.get("RESULT_HOSTS"):
+    if real_key and not user.get("URL_ENDPOINT"):
         messages.append(
-            CheckWarning(
-                f"{SETTINGS_NAME}['URL_ENDPOINT'] is empty: no ImageKit delivery host is "
-                "allowed, so results cannot be downloaded into your storage.",
+            Error(
+                f"{SETTINGS_NAME}['URL_ENDPOINT'] is empty: every job would fail when its "
+                "result is downloaded from ImageKit's delivery host.",
                 hint="Set URL_ENDPOINT to your endpoint, e.g. 'https://ik.imagekit.io/your_id' "
                 "(extra delivery hosts go in RESULT_HOSTS).",
-                id=f"{PREFIX}.W007",
+                id=f"{PREFIX}.E011",
             )
         )
     if user.get("WEBHOOK_REQUIRE_SIGNATURE") and not secrets:
@@ -263,12 +266,13 @@ def check_webhooks(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
         )
         return messages
     if not _host_allowed(parts.netloc):
+        level, code = (CheckWarning, "W009") if settings.DEBUG else (Error, "E012")
         messages.append(
-            CheckWarning(
+            level(
                 f"{SETTINGS_NAME}['WEBHOOK_BASE_URL'] names the host {host!r}, which is not in "
                 "ALLOWED_HOSTS: Django would answer every callback with 400 (DisallowedHost).",
                 hint=f"Add {host!r} to ALLOWED_HOSTS (a tunnel's host too, while you use one).",
-                id=f"{PREFIX}.W008",
+                id=f"{PREFIX}.{code}",
             )
         )
     if real_key and not settings.DEBUG:

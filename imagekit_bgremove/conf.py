@@ -1,8 +1,9 @@
 """The app's settings: one ``IMAGEKIT_BGREMOVE`` dict, read on every access.
 
 Reading at access time (never caching at import) is what lets ``override_settings`` and per-test
-emulators work. With no ``PRIVATE_KEY`` the app runs against the bundled ImageKit emulator, so a
-newcomer needs no account: the emulator defaults below fill in what a real account would provide.
+emulators work. Which ImageKit is used is always explicit: a ``PRIVATE_KEY`` means ImageKit (or
+whatever its base URLs name); without one, ``EMULATOR_URL`` names a running ImageKit emulator whose
+well-known credentials fill in what a real account would provide. With neither, nothing is sent.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
-from .defaults import EMULATOR_PRIVATE_KEY, EMULATOR_URL, EMULATOR_WEBHOOK_SECRET
+from .defaults import EMULATOR_PRIVATE_KEY, EMULATOR_WEBHOOK_SECRET
 
 SETTINGS_NAME = "IMAGEKIT_BGREMOVE"
 
 DEFAULTS: dict[str, Any] = {
-    # ImageKit account. Empty PRIVATE_KEY means "use the emulator at EMULATOR_URL".
+    # ImageKit account. Without PRIVATE_KEY, the ImageKit emulator at EMULATOR_URL.
     "PRIVATE_KEY": "",
     "URL_ENDPOINT": "",
     "UPLOAD_BASE_URL": "https://upload.imagekit.io",
@@ -67,9 +69,8 @@ DEFAULTS: dict[str, Any] = {
     # Lost callbacks.
     "RECONCILE_AFTER_SECONDS": 600,
     "PENDING_DEADLINE_SECONDS": 26 * 3600,
-    # The bundled emulator, used when PRIVATE_KEY is empty.
-    "EMULATOR_URL": EMULATOR_URL,
-    "EMULATOR_AUTOSTART": True,
+    # A running ImageKit emulator (python -m imagekit_emulator), used when PRIVATE_KEY is empty.
+    "EMULATOR_URL": "",
 }
 
 
@@ -91,11 +92,21 @@ class AppSettings:
 
     @property
     def emulator_mode(self) -> bool:
-        return not self.PRIVATE_KEY
+        return not self.PRIVATE_KEY and bool(self.EMULATOR_URL)
 
     @property
     def private_key(self) -> str:
-        return self.PRIVATE_KEY or EMULATOR_PRIVATE_KEY
+        return self.PRIVATE_KEY or (EMULATOR_PRIVATE_KEY if self.emulator_mode else "")
+
+    def require_imagekit(self) -> None:
+        """Refuse to talk to any ImageKit when none is configured (the system check reports it
+        as an error when DEBUG is False; this names it at the first request otherwise)."""
+        if not self.PRIVATE_KEY and not self.EMULATOR_URL:
+            raise ImproperlyConfigured(
+                f"{SETTINGS_NAME} names no ImageKit: set PRIVATE_KEY (your ImageKit private API "
+                "key) or, for development, EMULATOR_URL (a running `python -m imagekit_emulator`, "
+                "e.g. 'http://127.0.0.1:8790')."
+            )
 
     def _emulator_or(self, name: str) -> str:
         if self.emulator_mode and not self.is_set(name):

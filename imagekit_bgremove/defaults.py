@@ -1,7 +1,6 @@
-"""Values the Django app and the standalone emulator must agree on. Free of Django on purpose:
-the emulator runs without it."""
+"""The ImageKit emulator's well-known development credentials (``python -m imagekit_emulator``
+starts with them): with only ``EMULATOR_URL`` set, the app talks to it with these. They only ever
+unlock a local emulator; a test keeps them equal to the emulator's own."""
 
-# The credentials the bundled emulator starts with; they only ever unlock a local emulator.
 EMULATOR_PRIVATE_KEY = "private_emulator_key"
 EMULATOR_WEBHOOK_SECRET = "whsec_emulator_secret"
-EMULATOR_URL = "http://127.0.0.1:8790"

@@ -12,7 +12,9 @@
 # VAR_DIR        where the SQLite database, media and emulator state go (default ./var)
 # RECONCILE_EVERY  seconds between reconcile_removals runs (default 60)
 # With IMAGEKIT_PRIVATE_KEY set, no emulator is started and the real ImageKit is used (it then
-# needs PUBLIC_BASE_URL to be a public https URL that reaches this server).
+# needs PUBLIC_BASE_URL to be a public https URL that reaches this server). Otherwise the ImageKit
+# emulator runs as a process of its own and the app finds it through IMAGEKIT_EMULATOR_URL.
+# The admin's password is made on the first run and kept in VAR_DIR/admin-password.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,7 +25,7 @@ DEFAULT_PORT="${DEFAULT_PORT:-8000}"
 DEFAULT_EMULATOR_PORT="${DEFAULT_EMULATOR_PORT:-8790}"
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 while (($#)); do
@@ -116,13 +118,22 @@ PYEOF
 
 "$PY" manage.py migrate --noinput
 "$PY" manage.py createcachetable  # the throttles' counts, shared by every process
-"$PY" manage.py seed_catalogue
+# The banner shows the login every time, so the password made on the first run is kept (var/ is
+# local and gitignored); one changed in the admin since then is not known here.
+PASSWORD_FILE="$VAR_DIR/admin-password"
+if [[ -s "$PASSWORD_FILE" ]]; then
+    "$PY" manage.py seed_catalogue
+    ADMIN_PASSWORD="$(cat "$PASSWORD_FILE")"
+else
+    ADMIN_PASSWORD="$("$PY" -c 'import secrets; print(secrets.token_urlsafe(12))')"
+    (umask 077 && printf '%s\n' "$ADMIN_PASSWORD" > "$PASSWORD_FILE")
+    "$PY" manage.py seed_catalogue --password "$ADMIN_PASSWORD" >/dev/null
+fi
 
 if [[ -z "${IMAGEKIT_PRIVATE_KEY:-}" ]]; then
     EMULATOR_PORT="$(pick_port "ImageKit emulator" "${EMULATOR_PORT:-}" "$DEFAULT_EMULATOR_PORT")"
     export IMAGEKIT_EMULATOR_URL="http://$HOST:$EMULATOR_PORT"
-    export IMAGEKIT_EMULATOR_AUTOSTART=false  # the one started here, not one per process
-    "$PY" -m imagekit_bgremove.emulator --host "$HOST" --port "$EMULATOR_PORT" \
+    "$PY" -m imagekit_emulator --host "$HOST" --port "$EMULATOR_PORT" \
         --data-dir "$VAR_DIR/emulator" &
     pids+=($!)
     wait_for_port "$HOST" "$EMULATOR_PORT" "the ImageKit emulator"
@@ -158,15 +169,21 @@ fi
 pids+=($!)
 wait_for_port "$HOST" "$PORT" "the web server"
 
+BASE="http://$HOST:$PORT"
 cat <<INFO
 
   Example project running:
-    catalogue (admin)  http://$HOST:$PORT/admin/catalogue/product/
-    admin login        http://$HOST:$PORT/admin/login/     (user "admin"; password printed above
-                                                          on first run, or: manage.py seed_catalogue --password ...)
-    removal jobs       http://$HOST:$PORT/admin/imagekit_bgremove/removaljob/
-    REST API           http://$HOST:$PORT/imagekit-bgremove/api/removals/
+    admin login        $BASE/admin/login/
+                       user admin, password $ADMIN_PASSWORD
+    catalogue (admin)  $BASE/admin/catalogue/product/
+    removal jobs       $BASE/admin/imagekit_bgremove/removaljob/
+    demo page          $BASE/demo/
+    products API       $BASE/api/products/       (token: POST username, password to $BASE/api/token/)
+    jobs API           $BASE/imagekit-bgremove/api/removals/
 INFO
+if "$PY" -c 'import drf_spectacular' 2>/dev/null; then
+    echo "    API docs           $BASE/api/docs/  (Swagger UI)   $BASE/api/redoc/  (Redoc)"
+fi
 if [[ -z "${IMAGEKIT_PRIVATE_KEY:-}" ]]; then
     echo "    ImageKit emulator  http://$HOST:$EMULATOR_PORT/  (state in $VAR_DIR/emulator)"
 fi

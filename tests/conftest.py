@@ -5,46 +5,36 @@ Sections: test images · the ImageKit emulator · jobs and tasks · (result side
 
 from __future__ import annotations
 
-import io
 import os
-import re
-import shutil
 import socket
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-# ------------------------------------------------------------------------------ isolation
+from tests.helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    Screenshots,
+    emulator_settings,
+    make_image,
+    set_faults,
+    task_backend,
+)
+
+# ------------------------------------------------------------------------------ layers
+
+#: Fixtures that put a test on the emulator over real HTTP: the integration layer.
+EMULATOR_FIXTURES = {"emulator", "live_emulator", "_emulator_server"}
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A transaction left open by an earlier test (or a thread it started) would silently stall
-    every later test's on-commit work; name the problem at the first test that meets it."""
-    from django.db import connections
-    from pytest_django.plugin import blocking_manager_key
-
-    for connection in connections.all(initialized_only=True):
-        if connection.in_atomic_block or (connection.connection and not connection.autocommit):
-            # Roll it back, so that only this test fails, not every one after it.
-            blocker = item.config.stash[blocking_manager_key]
-            blocker.unblock()
-            try:
-                connection.atomic_blocks.clear()
-                connection.savepoint_ids.clear()
-                connection.in_atomic_block = False
-                try:
-                    connection.rollback()
-                except Exception:  # closed underneath it: the next query connects afresh
-                    connection.connection = None
-                connection.set_autocommit(True)
-            finally:
-                blocker.restore()
-            pytest.fail(f"an earlier test left a transaction open on database {connection.alias!r}")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests on the emulator ``integration`` (``-m integration`` / ``-m "not
+    integration"``); the others are the fast unit layer (the fake ImageKit or no ImageKit)."""
+    for item in items:
+        if EMULATOR_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 # The machine is offline: the public names the tests use in bg_image_url resolve as they would
@@ -69,37 +59,6 @@ def public_dns(monkeypatch: pytest.MonkeyPatch) -> None:
 # ------------------------------------------------------------------------------ test images
 
 
-def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (48, 32), *, seed: int = 0) -> bytes:
-    """A small, valid image: a coloured subject on a white studio background. ``seed`` varies
-    the content so that two images are not byte-identical."""
-    from PIL import Image, ImageDraw
-
-    width, height = size
-    image = Image.new("RGB", size, (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    shade = (seed * 37) % 200
-    draw.rectangle(
-        (width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=(200, shade, 40)
-    )
-    draw.point((seed % width, 0), fill=(250, 250, 250 - seed % 5))
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def make_image(
-    name: str = "photo.png",
-    fmt: str | None = None,
-    size: tuple[int, int] = (48, 32),
-    *,
-    seed: int = 0,
-) -> SimpleUploadedFile:
-    """An uploaded image file, ready to assign to an ImageField."""
-    fmt = fmt or ("JPEG" if name.lower().endswith((".jpg", ".jpeg")) else "PNG")
-    content_type = "image/jpeg" if fmt == "JPEG" else "image/png"
-    return SimpleUploadedFile(name, image_bytes(fmt, size, seed=seed), content_type=content_type)
-
-
 @pytest.fixture
 def image_factory() -> Callable[..., SimpleUploadedFile]:
     counter = iter(range(1, 1_000_000))
@@ -114,32 +73,10 @@ def image_factory() -> Callable[..., SimpleUploadedFile]:
 # ------------------------------------------------------------------------------ the emulator
 
 
-def emulator_settings(emulator: Any, **extra: Any) -> dict[str, Any]:
-    from django.conf import settings
-
-    return {
-        **getattr(settings, "IMAGEKIT_BGREMOVE", {}),
-        "PRIVATE_KEY": emulator.private_key,
-        "UPLOAD_BASE_URL": emulator.url,
-        "API_BASE_URL": emulator.url,
-        "URL_ENDPOINT": emulator.url_endpoint,
-        "WEBHOOK_SECRETS": list(emulator.webhook_secrets),
-        "EMULATOR_AUTOSTART": False,
-        "MAX_RETRIES": 0,
-        "TASK_RETRY_DELAY": 0,
-        **extra,
-    }
-
-
-def set_faults(emulator: Any, **faults: Any) -> None:
-    """Replace the emulator's faults (knobs not given go back to "no fault")."""
-    emulator.faults = faults
-
-
 @pytest.fixture(scope="session")
 def _emulator_server() -> Iterator[Any]:
     """One emulator for the session; each test gets it reset (``emulator``/``live_emulator``)."""
-    from imagekit_bgremove.emulator.testing import running_emulator
+    from imagekit_emulator.testing import running_emulator
 
     with running_emulator() as server:
         yield server
@@ -176,28 +113,17 @@ def live_emulator(_emulator_server: Any, settings: Any, live_server: Any) -> Ite
     _reset(_emulator_server)
 
 
-def uploads(emulator: Any) -> list[dict[str, Any]]:
-    """Every upload the emulator stored (ground truth): one version per upload, an overwrite of
-    the same file name included."""
-    return [
-        {**version, "fileId": record["fileId"], "filePath": record["filePath"]}
-        for record in emulator.state()["files"]
-        for version in record["versions"]
-        if version["source"] in ("upload", "overwrite")
-    ]
+# ------------------------------------------------------------------------------ the fake ImageKit
 
 
-def emulator_jobs(emulator: Any) -> list[dict[str, Any]]:
-    return emulator.state()["jobs"]
+@pytest.fixture
+def imagekit() -> Iterator[Any]:
+    """The in-memory fake ImageKit (imagekit_bgremove.testing) in place of the client: for
+    tests of the app's own logic, no server involved."""
+    from imagekit_bgremove.testing import FakeImageKit
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
+    with FakeImageKit() as fake:
+        yield fake
 
 
 # ------------------------------------------------------------------------------ jobs and tasks
@@ -214,16 +140,6 @@ def run_on_commit(django_capture_on_commit_callbacks: Any) -> Callable[..., Any]
     return runner
 
 
-def task_backend(name: str) -> str:
-    """The dotted path of a built-in task backend: ``task_backend("dummy.DummyBackend")``."""
-    try:
-        import django.tasks  # noqa: F401
-
-        return f"django.tasks.backends.{name}"
-    except ImportError:  # Django 5.2 + backport
-        return f"django_tasks.backends.{name}"
-
-
 @pytest.fixture
 def dummy_tasks(settings: Any) -> None:
     """Tasks are recorded, not run (Django's DummyBackend)."""
@@ -235,20 +151,6 @@ def dummy_tasks(settings: Any) -> None:
 
 
 # ------------------------------------------------------------------------------ the browser
-
-CHROMIUM = "/usr/bin/chromium"
-# As the machine's own check starts it: no sandbox (root), and no background connections,
-# which a closed network refuses many at a time.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
 
 
 @pytest.fixture(scope="session")
@@ -271,23 +173,6 @@ def browser() -> Iterator[Any]:
         )
         yield chromium
         chromium.close()
-
-
-class Screenshots:
-    """Numbered screenshots of one test, under var/screenshots/<test name>/."""
-
-    def __init__(self, page: Any, test_name: str):
-        self.page = page
-        self.folder = SCREENSHOTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", test_name)
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.count = 0
-
-    def take(self, name: str, **kwargs: Any) -> Path:
-        self.count += 1
-        path = self.folder / f"{self.count:02d}-{name}.png"
-        self.page.screenshot(path=str(path), full_page=True, **kwargs)
-        return path
 
 
 @pytest.fixture

@@ -51,14 +51,16 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default="sqlite:///:memory:")}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # A file, not memory: for an in-memory database Django hands the live server's threads the
-    # test's own connection object, and two threads in atomic blocks on one connection corrupt
-    # its transaction state (once left open, it stalled every later test). With a file each
-    # thread has its own connection; WAL lets readers run beside the writer, IMMEDIATE takes
-    # the write lock at BEGIN so concurrent writers wait instead of failing to upgrade.
-    DATABASES["default"]["TEST"] = {
-        "NAME": os.path.join(tempfile.gettempdir(), f"imagekit-bgremove-test-{os.getpid()}.sqlite3")
-    }
+    # A file, not memory, for NAME too: pytest-django's session-wide live server hands its
+    # request threads the test's own connection object when NAME is in memory at the moment it
+    # starts, which is before the test database exists when a browser test runs first (one file
+    # on its own). Two threads on one sqlite3 connection crash the interpreter (segmentation
+    # fault in sqlite) or corrupt its transaction state. With a file each thread has its own
+    # connection; WAL lets readers run beside the writer, IMMEDIATE takes the write lock at
+    # BEGIN so concurrent writers wait instead of failing to upgrade.
+    _sqlite_file = os.path.join(tempfile.gettempdir(), f"imagekit-bgremove-test-{os.getpid()}")
+    DATABASES["default"]["NAME"] = f"{_sqlite_file}.sqlite3"
+    DATABASES["default"]["TEST"] = {"NAME": f"{_sqlite_file}-test.sqlite3"}
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         timeout=30,
         transaction_mode="IMMEDIATE",
@@ -86,8 +88,9 @@ STORAGES = {
 
 IMAGEKIT_BGREMOVE = {
     "WEBHOOK_BASE_URL": "http://testserver",
-    # Tests see the tasks of a commit run when it ends (tests/test_queueing.py covers the thread).
-    "EMULATOR_AUTOSTART": False,
+    # Nothing listens there: tests that reach ImageKit use the fake (imagekit_bgremove.testing)
+    # or the emulator fixtures, which set their own URLs.
+    "EMULATOR_URL": "http://127.0.0.1:9",
     "RETRY_BACKOFF": 0.01,
     "RETRY_BACKOFF_MAX": 0.05,
 }

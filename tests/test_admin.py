@@ -481,7 +481,7 @@ def test_change_page_queries_do_not_grow_with_jobs(client, staff, django_assert_
 
 
 def test_options_at_upload_time_on_the_add_form(client, staff, run_on_commit, dummy_tasks):
-    from tests.conftest import make_image
+    from tests.helpers import make_image
 
     add = client.get(f"{CHANGELIST}add/").content.decode()
     assert 'name="ikbg_photo_bg_color"' in add and 'value="ffffff"' in add
@@ -508,7 +508,7 @@ def test_options_at_upload_time_on_the_add_form(client, staff, run_on_commit, du
 
 
 def test_upload_options_are_validated_on_the_form(client, staff):
-    from tests.conftest import make_image
+    from tests.helpers import make_image
 
     response = client.post(
         f"{CHANGELIST}add/",

@@ -20,7 +20,7 @@ from django.http import FileResponse, Http404
 from django.urls import include, path, re_path
 
 from imagekit_bgremove.models import JobStatus, RemovalJob, WebhookDelivery
-from tests.conftest import set_faults, wait_for
+from tests.helpers import set_faults, wait_for
 from tests.testapp.models import Product
 
 from .test_admin import ProductAdmin

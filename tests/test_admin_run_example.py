@@ -3,6 +3,7 @@ left running after Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -81,9 +82,7 @@ def test_busy_defaults_move_to_free_ports_and_ctrl_c_stops_every_process(tmp_pat
             assert "Ctrl-C stops everything" in text, text
             assert f"Port {web_port} is taken: the web server uses port" in text
             assert f"Port {emu_port} is taken: the ImageKit emulator uses port" in text
-            url = re.search(r"admin login +(http://\S+)", text).group(1)
-            with urllib.request.urlopen(url, timeout=10) as response:
-                assert response.status == 200
+            check_the_banner(text)
             time.sleep(2.5)  # the reconcile loop has slept and run at least once
         finally:
             os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
@@ -94,6 +93,36 @@ def test_busy_defaults_move_to_free_ports_and_ctrl_c_stops_every_process(tmp_pat
                 raise
     # Nothing of its process group is left running: no server, worker, emulator or sleep.
     assert wait_until(lambda: not group_members(process.pid)), group_members(process.pid)
+
+
+def check_the_banner(text: str) -> None:
+    """Every URL a newcomer wants is printed and answers; the login printed works."""
+    urls = {
+        name: re.search(rf"{name} +(http://\S+)", text).group(1)
+        for name in (
+            "admin login",
+            r"catalogue \(admin\)",
+            "removal jobs",
+            "demo page",
+            "products API",
+            "jobs API",
+            "API docs",
+        )
+    }
+    urls["Redoc"] = re.search(r"(http://\S+/api/redoc/)", text).group(1)
+    password = re.search(r"user admin, password (\S+)", text).group(1)
+    base = urls["admin login"].removesuffix("/admin/login/")
+    token_request = urllib.request.Request(
+        f"{base}/api/token/",
+        data=json.dumps({"username": "admin", "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(token_request, timeout=10) as response:
+        token = json.load(response)["token"]
+    for name, url in urls.items():
+        request = urllib.request.Request(url, headers={"Authorization": f"Token {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:  # a redirect to log in
+            assert response.status == 200, (name, url)
 
 
 def group_members(pgid: int) -> list[str]:

@@ -267,7 +267,7 @@ def test_retry_of_unfailed_job_is_409(api):
 
 
 def test_create_reaches_the_emulator(api, django_capture_on_commit_callbacks, settings):
-    testing = pytest.importorskip("imagekit_bgremove.emulator.testing")
+    testing = pytest.importorskip("imagekit_emulator.testing")
     product = make_product()
     with testing.running_emulator() as emulator:
         url = getattr(emulator, "url", None) or str(emulator)

@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 
 from imagekit_bgremove.api import CanChangeTarget, RemovalViewSet
 from imagekit_bgremove.models import JobStatus, RemovalJob, Trigger
-from tests.conftest import image_bytes
+from tests.helpers import image_bytes
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db

@@ -28,7 +28,7 @@ from imagekit_bgremove.rest_framework import (
     RemovalOptionsField,
     StrictFieldsMixin,
 )
-from tests.conftest import image_bytes
+from tests.helpers import image_bytes
 from tests.testapp.models import Product
 
 

@@ -12,7 +12,7 @@ from imagekit_bgremove.admin.display import RemovalState
 from imagekit_bgremove.admin.pages import DONE, verdict
 from imagekit_bgremove.models import JobStatus, RemovalJob, Trigger
 from imagekit_bgremove.state import forget_state
-from tests.conftest import image_bytes, make_image
+from tests.helpers import image_bytes, make_image
 from tests.testapp.models import Article, Product
 
 pytestmark = pytest.mark.django_db
@@ -208,7 +208,7 @@ def test_submit_and_finalize_budgets(emulator, dummy_tasks, django_assert_max_nu
 
 
 def test_a_lost_answer_is_looked_up_where_the_upload_went(emulator, dummy_tasks, settings):
-    from tests.conftest import set_faults, uploads
+    from tests.helpers import set_faults, uploads
 
     set_faults(
         emulator, answer_drop_rate=1.0, endpoints=["upload"], max_api_faults=1, lost_rate=1.0

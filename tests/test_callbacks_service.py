@@ -15,7 +15,7 @@ from imagekit_bgremove import services
 from imagekit_bgremove.models import JobStatus, RemovalJob
 from imagekit_bgremove.services import reconciliation, submission
 from imagekit_bgremove.signals import removal_failed, removal_succeeded
-from tests.conftest import make_image, set_faults, wait_for
+from tests.helpers import make_image, set_faults, wait_for
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db

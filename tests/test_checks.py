@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from django.core.checks import run_checks
 
@@ -45,14 +49,15 @@ def test_nothing_vouching_for_callbacks_is_a_warning(production):
     assert "imagekit_bgremove.W006" not in run()
 
 
-def test_no_delivery_host_is_a_warning(production):
+def test_a_real_key_without_url_endpoint_is_an_error(production):
     production.IMAGEKIT_BGREMOVE = {k: v for k, v in REAL.items() if k != "URL_ENDPOINT"}
-    assert run() == ["imagekit_bgremove.W007"]
+    assert run() == ["imagekit_bgremove.E011"]
+    # Extra delivery hosts do not replace the endpoint every result is served from.
     production.IMAGEKIT_BGREMOVE = {
         **production.IMAGEKIT_BGREMOVE,
         "RESULT_HOSTS": ["images.example.com"],
     }
-    assert run() == []
+    assert run() == ["imagekit_bgremove.E011"]
 
 
 def test_a_daily_limit_may_be_none_but_not_negative(production):
@@ -64,30 +69,35 @@ def test_a_daily_limit_may_be_none_but_not_negative(production):
 
 def test_test_settings_only_warn_about_the_emulator(settings):
     settings.DEBUG = False
-    assert run() == ["imagekit_bgremove.W001"]
+    assert run() == ["imagekit_bgremove.W008"]
 
 
 def test_settings_missing_entirely(settings):
     del settings.IMAGEKIT_BGREMOVE
     settings.DEBUG = True
-    messages = checks.check_settings_present()
-    assert ids(messages) == ["imagekit_bgremove.I001"]
-    assert "emulator" in messages[0].msg
+    assert run() == ["imagekit_bgremove.W001"]
     settings.DEBUG = False
-    assert run() == ["imagekit_bgremove.I001", "imagekit_bgremove.W001"]
+    messages = checks.check_settings_present()
+    assert ids(messages) == ["imagekit_bgremove.E010"]
+    assert "PRIVATE_KEY" in messages[0].msg
 
 
-def test_no_private_key_without_debug(settings):
+def test_no_imagekit_at_all_is_an_error_without_debug(settings):
     settings.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": "http://localhost:8000"}
     settings.DEBUG = False
-    messages = checks.check_settings_present()
-    assert ids(messages) == ["imagekit_bgremove.W001"]
-    assert "emulator" in messages[0].msg
+    assert run() == ["imagekit_bgremove.E010"]
+    settings.IMAGEKIT_BGREMOVE = {"PRIVATE_KEY": "", "EMULATOR_URL": ""}
+    assert run() == ["imagekit_bgremove.E010"]
+    settings.DEBUG = True  # development: a warning now, ImproperlyConfigured when used
+    assert run() == ["imagekit_bgremove.W001"]
+
+
+def test_an_emulator_url_is_development_only(settings):
+    settings.IMAGEKIT_BGREMOVE = {"EMULATOR_URL": "http://127.0.0.1:8790"}
     settings.DEBUG = True
     assert run() == []
     settings.DEBUG = False
-    settings.IMAGEKIT_BGREMOVE = {"PRIVATE_KEY": ""}
-    assert "imagekit_bgremove.W001" in run()
+    assert run() == ["imagekit_bgremove.W008"]
 
 
 def test_settings_not_a_dict(settings):
@@ -121,7 +131,7 @@ def test_no_webhook_secret_with_a_real_key(production):
     assert run() == []
     # The emulator has its own secret.
     production.DEBUG = True
-    production.IMAGEKIT_BGREMOVE = {"WEBHOOK_SECRETS": []}
+    production.IMAGEKIT_BGREMOVE = {"WEBHOOK_SECRETS": [], "EMULATOR_URL": "http://e:1"}
     assert run() == []
 
 
@@ -141,7 +151,7 @@ def test_empty_webhook_base_url_with_a_real_key(production):
     assert run() == ["imagekit_bgremove.W003"]
     production.DEBUG = True
     assert run() == ["imagekit_bgremove.W003"]
-    production.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": ""}  # emulator
+    production.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": "", "EMULATOR_URL": "http://e:1"}
     assert run() == []
 
 
@@ -285,7 +295,7 @@ def test_webhook_host_outside_allowed_hosts(production):
     # A tunnel's host forgotten in ALLOWED_HOSTS: every callback would be a 400.
     production.ALLOWED_HOSTS = ["www.example.com"]
     production.IMAGEKIT_BGREMOVE = {**REAL, "WEBHOOK_BASE_URL": "https://abc.tunnel.example"}
-    assert run() == ["imagekit_bgremove.W008"]
+    assert run() == ["imagekit_bgremove.E012"]
     production.ALLOWED_HOSTS = ["www.example.com", ".tunnel.example"]
     assert run() == []
     production.IMAGEKIT_BGREMOVE = {**REAL, "WEBHOOK_BASE_URL": "https://www.example.com:8443/"}
@@ -300,4 +310,26 @@ def test_webhook_host_with_debug_and_no_allowed_hosts(settings):
     settings.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": "http://[::1]:8000"}
     assert run() == []
     settings.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": "http://192.168.1.5:8000"}
-    assert run() == ["imagekit_bgremove.W008"]
+    assert run() == ["imagekit_bgremove.W009"]
+
+
+def test_a_project_with_no_imagekit_fails_manage_py_check(tmp_path):
+    # As a user meets it: the app installed, no key, no emulator URL, DEBUG off.
+    (tmp_path / "proj_settings.py").write_text(
+        'SECRET_KEY = "x"\n'
+        "DEBUG = False\n"
+        'INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", '
+        '"imagekit_bgremove"]\n'
+        'DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "db"}}\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "check"],
+        cwd=tmp_path,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "proj_settings", "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "imagekit_bgremove.E010" in result.stderr
+    assert "IMAGEKIT_BGREMOVE['PRIVATE_KEY'] is not set" in result.stderr

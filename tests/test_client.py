@@ -8,13 +8,12 @@ import json
 import logging
 import pickle
 import socket
-import sys
 import time
-import types
 from dataclasses import dataclass
 
 import pytest
 import requests
+from django.core.exceptions import ImproperlyConfigured
 from django.core.files.base import ContentFile, File
 from django.core.files.uploadedfile import SimpleUploadedFile
 from pytest_httpserver import HTTPServer
@@ -731,30 +730,26 @@ def test_client_reads_settings(settings):
 
 
 def test_get_client_cached_per_settings(settings):
-    settings.IMAGEKIT_BGREMOVE = {"PRIVATE_KEY": "private_a", "EMULATOR_AUTOSTART": False}
+    settings.IMAGEKIT_BGREMOVE = {"PRIVATE_KEY": "private_a"}
     first = get_client()
     assert get_client() is first
-    settings.IMAGEKIT_BGREMOVE = {"PRIVATE_KEY": "private_b", "EMULATOR_AUTOSTART": False}
+    settings.IMAGEKIT_BGREMOVE = {"PRIVATE_KEY": "private_b"}
     second = get_client()
     assert second is not first and first.closed
     settings.IMAGEKIT_BGREMOVE = {"PRIVATE_KEY": "private_b", "MAX_RETRIES": 0}
     assert get_client() is not second
 
 
-def test_get_client_starts_the_emulator_when_asked(settings, monkeypatch):
-    started = []
-    fake = types.ModuleType("imagekit_bgremove.emulator.embedded")
-    fake.ensure_emulator = started.append
-    monkeypatch.setitem(sys.modules, "imagekit_bgremove.emulator.embedded", fake)
-    settings.IMAGEKIT_BGREMOVE = {
-        "EMULATOR_URL": "http://127.0.0.1:9999/",
-        "EMULATOR_AUTOSTART": True,
-    }
+def test_get_client_talks_to_the_emulator_only_at_its_url(settings):
+    settings.IMAGEKIT_BGREMOVE = {"EMULATOR_URL": "http://127.0.0.1:9999/"}
     client = get_client()
-    assert started == ["http://127.0.0.1:9999"]
     assert client.api_base_url == client.upload_base_url == "http://127.0.0.1:9999"
-    settings.IMAGEKIT_BGREMOVE = {"EMULATOR_AUTOSTART": False}
-    get_client()
-    settings.IMAGEKIT_BGREMOVE = {"PRIVATE_KEY": "private_real"}  # a real account: no emulator
-    get_client()
-    assert started == ["http://127.0.0.1:9999"]
+    settings.IMAGEKIT_BGREMOVE = {"PRIVATE_KEY": "private_real", "EMULATOR_URL": "http://x:1"}
+    client = get_client()  # a key means ImageKit, whatever else is set
+    assert client.api_base_url == "https://api.imagekit.io"
+
+
+def test_get_client_refuses_when_no_imagekit_is_configured(settings):
+    settings.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": "http://testserver"}
+    with pytest.raises(ImproperlyConfigured, match=r"PRIVATE_KEY.*EMULATOR_URL"):
+        get_client()

@@ -10,7 +10,7 @@ from django.db import connection, connections, transaction
 
 from imagekit_bgremove import lifecycle
 from imagekit_bgremove.models import UNFINISHED, JobStatus, RemovalJob
-from tests.conftest import make_image
+from tests.helpers import make_image
 from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

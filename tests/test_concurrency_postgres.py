@@ -13,7 +13,7 @@ import pytest
 from django.db import connection
 
 from imagekit_bgremove.models import JobStatus, RemovalJob
-from tests.conftest import emulator_settings, make_image, task_backend, uploads
+from tests.helpers import emulator_settings, make_image, task_backend, uploads
 from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

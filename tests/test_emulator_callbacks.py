@@ -11,13 +11,16 @@ import pytest
 import requests
 from PIL import Image
 
-from imagekit_bgremove.emulator.testing import CallbackReceiver, running_emulator, sample_image
 from imagekit_bgremove.signatures import (
     LEGACY_HEADER,
     STANDARD_SIGNATURE_HEADER,
     SignatureMismatch,
     verify,
 )
+from imagekit_emulator.testing import CallbackReceiver, running_emulator, sample_image
+
+# The emulator over real HTTP.
+pytestmark = pytest.mark.integration
 
 UPLOAD = "/api/v1/files/upload"
 DETAIL_KEYS = {

@@ -10,8 +10,11 @@ import time
 import pytest
 import requests
 
-from imagekit_bgremove.emulator.testing import CallbackReceiver, running_emulator, sample_image
 from imagekit_bgremove.signatures import SignatureStale, verify
+from imagekit_emulator.testing import CallbackReceiver, running_emulator, sample_image
+
+# The emulator over real HTTP.
+pytestmark = pytest.mark.integration
 
 UPLOAD = "/api/v1/files/upload"
 

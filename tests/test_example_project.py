@@ -16,7 +16,7 @@ def example_env(tmp_path: Path) -> dict[str, str]:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "example_project.settings",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'example.sqlite3'}",
-        "IMAGEKIT_EMULATOR_AUTOSTART": "false",
+        "IMAGEKIT_EMULATOR_URL": "http://127.0.0.1:8790",
         "VAR_DIR": str(tmp_path / "var"),
     }
 

@@ -16,7 +16,7 @@ from imagekit_bgremove import services
 from imagekit_bgremove.models import JobStatus, RemovalJob
 from imagekit_bgremove.signatures import signature_headers
 from imagekit_bgremove.tokens import make_token
-from tests.conftest import emulator_jobs, make_image, set_faults, uploads, wait_for
+from tests.helpers import emulator_jobs, make_image, set_faults, uploads, wait_for
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db
@@ -104,16 +104,3 @@ def test_a_retry_signed_with_its_original_timestamp_is_refused_yet_the_job_settl
     assert settle_by_check(run_on_commit, job) == "succeeded"
     assert job.status == JobStatus.SUCCEEDED and job.result_name
     assert len(emulator_jobs(emulator)) == 1  # settled without paying again
-
-
-def test_missing_emulator_dependencies_are_named(settings, monkeypatch):
-    import sys
-
-    from django.core.exceptions import ImproperlyConfigured
-
-    from imagekit_bgremove.client import get_client
-
-    settings.IMAGEKIT_BGREMOVE = {"EMULATOR_AUTOSTART": True}  # no key: the emulator is used
-    monkeypatch.setitem(sys.modules, "imagekit_bgremove.emulator.embedded", None)
-    with pytest.raises(ImproperlyConfigured, match=r"imagekit-bgremove\[emulator\]"):
-        get_client()

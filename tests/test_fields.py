@@ -20,7 +20,7 @@ from imagekit_bgremove import services
 from imagekit_bgremove.fields import BackgroundRemovalImageField
 from imagekit_bgremove.models import JobStatus, RemovalJob, Trigger
 from imagekit_bgremove.state import prefetch_removal_state, with_removal_status
-from tests.conftest import make_image, uploads
+from tests.helpers import make_image, uploads
 from tests.testapp.models import Article, Document, Product, only_published
 
 pytestmark = pytest.mark.django_db
@@ -248,7 +248,7 @@ INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "imageki
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
-SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.W001"]
+SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.E010"]
 """
 
 MODELS_BEFORE = """

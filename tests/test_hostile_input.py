@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 from example_project.catalogue.models import Product
 from imagekit_bgremove.models import JobStatus, RemovalJob, WebhookDelivery
 from imagekit_bgremove.tokens import make_token
-from tests.conftest import image_bytes
+from tests.helpers import image_bytes
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("example_project.urls")]
 

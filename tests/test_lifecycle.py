@@ -19,9 +19,10 @@ from django.utils import timezone
 
 from imagekit_bgremove import services
 from imagekit_bgremove.compat import task_backends
+from imagekit_bgremove.exceptions import ServerError
 from imagekit_bgremove.models import UNFINISHED, JobStatus, RemovalJob
 from imagekit_bgremove.services import reconciliation, submission
-from tests.conftest import emulator_jobs, image_bytes, make_image, set_faults, uploads, wait_for
+from tests.helpers import emulator_jobs, image_bytes, make_image, set_faults, uploads, wait_for
 from tests.testapp.models import Asset, FeaturedProduct, Product, ProductProxy
 
 pytestmark = pytest.mark.django_db
@@ -72,7 +73,7 @@ def test_a_new_image_under_the_same_name_is_processed(emulator, overwriting_stor
     assert len(uploads(emulator)) == 2
 
 
-def test_saving_after_refresh_from_db_requests_nothing(emulator, dummy_tasks):
+def test_saving_after_refresh_from_db_requests_nothing(imagekit, dummy_tasks):
     product = Product.objects.create(photo=make_image("a.png", seed=3))
     elsewhere = Product.objects.get(pk=product.pk)
     elsewhere.photo = make_image("b.png", seed=4)
@@ -85,7 +86,7 @@ def test_saving_after_refresh_from_db_requests_nothing(emulator, dummy_tasks):
     assert len(jobs) == 2 and jobs[-1].status == JobStatus.QUEUED
 
 
-def test_loading_a_deferred_image_field_is_not_a_change(emulator, dummy_tasks):
+def test_loading_a_deferred_image_field_is_not_a_change(imagekit, dummy_tasks):
     product = Product.objects.create(photo=make_image("c.png", seed=5))
     partial = Product.objects.only("name").get(pk=product.pk)
     assert partial.photo.name == product.photo.name  # loads the deferred field
@@ -94,7 +95,7 @@ def test_loading_a_deferred_image_field_is_not_a_change(emulator, dummy_tasks):
     assert jobs_of(product).count() == 1
 
 
-def test_assigning_a_stored_name_without_loading_is_a_change(emulator, dummy_tasks):
+def test_assigning_a_stored_name_without_loading_is_a_change(imagekit, dummy_tasks):
     product = Product.objects.create(photo=make_image("d.png", seed=6))
     other = default_storage.save("products/other.png", ContentFile(image_bytes(seed=7)))
     partial = Product.objects.only("name").get(pk=product.pk)
@@ -132,7 +133,7 @@ def test_a_multi_table_child_shares_its_parents_jobs(emulator, run_on_commit):
 # ------------------------------------------------------------------ 2. the caller's transaction
 
 
-def test_the_job_is_written_in_the_saves_transaction(emulator, dummy_tasks, run_on_commit):
+def test_the_job_is_written_in_the_saves_transaction(imagekit, dummy_tasks, run_on_commit):
     backend = task_backends["default"]
     backend.clear()
     with run_on_commit(), transaction.atomic():
@@ -143,7 +144,7 @@ def test_the_job_is_written_in_the_saves_transaction(emulator, dummy_tasks, run_
     assert [r.args for r in backend.results] == [[product.photo.removal.pk]]
 
 
-def test_a_rollback_leaves_neither_job_nor_task(emulator, dummy_tasks):
+def test_a_rollback_leaves_neither_job_nor_task(imagekit, dummy_tasks):
     backend = task_backends["default"]
     backend.clear()
     with pytest.raises(RuntimeError), transaction.atomic():
@@ -167,7 +168,7 @@ def test_a_job_whose_enqueue_never_happened_is_enqueued_by_reconcile(emulator, r
 # ------------------------------------------------------------------ 4. leases
 
 
-def test_a_replaced_worker_cannot_move_the_job_back(emulator, run_on_commit, dummy_tasks):
+def test_a_replaced_worker_cannot_move_the_job_back(imagekit, run_on_commit, dummy_tasks):
     product = Product.objects.create(photo=make_image("slow.png", seed=15))
     job = jobs_of(product).get()
     # Worker A claims the job, then stalls past its lease.
@@ -241,7 +242,7 @@ def test_a_storage_error_is_retried_then_recorded(emulator, settings, run_on_com
 
 
 @pytest.mark.parametrize("status", [s for s in UNFINISHED if s != JobStatus.PENDING])
-def test_the_deadline_applies_to_every_unfinished_state(emulator, dummy_tasks, status):
+def test_the_deadline_applies_to_every_unfinished_state(imagekit, dummy_tasks, status):
     product = Product.objects.create(photo=make_image("old.png", seed=18))
     job = jobs_of(product).get()
     RemovalJob.objects.filter(pk=job.pk).update(
@@ -361,12 +362,16 @@ def test_resubmitting_after_a_lost_answer_starts_from_the_original_version(emula
 # ------------------------------------------------------------------ 8. paid requests
 
 
-@pytest.mark.parametrize("fault", ["answer_drop_rate", "answer_error_rate"])
+@pytest.mark.parametrize(
+    "error",
+    [None, ServerError("Internal error", status=500, maybe_applied=True)],
+    ids=["dropped", "5xx"],
+)
 def test_an_upload_whose_answer_was_lost_is_found_not_sent_again(
-    emulator, settings, run_on_commit, fault
+    imagekit, settings, run_on_commit, error
 ):
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "TASK_RETRY_DELAY": 60}
-    set_faults(emulator, lost_rate=1.0, endpoints=["upload"], max_api_faults=1, **{fault: 1.0})
+    imagekit.script("upload", lost=True, error=error)  # stored, then the answer is lost
     product = product_with_image(run_on_commit, "once.png", seed=24)
     job = jobs_of(product).get()
     assert job.status == JobStatus.QUEUED and job.submission_uncertain
@@ -374,8 +379,7 @@ def test_an_upload_whose_answer_was_lost_is_found_not_sent_again(
         services.reconcile(now=timezone.now() + timedelta(minutes=2))
     job.refresh_from_db()
     assert job.status == JobStatus.PENDING and job.file_id
-    assert len(uploads(emulator)) == 1  # stored once, by the first request
-    assert len(emulator_jobs(emulator)) == 1  # and paid for once
+    assert len(imagekit.uploads) == 1  # stored, and paid for, once
 
 
 @pytest.mark.parametrize("fault", ["answer_drop_rate", "answer_error_rate"])
@@ -406,7 +410,7 @@ def test_a_patch_whose_answer_was_lost_is_not_sent_again(emulator, settings, run
 # ------------------------------------------------------------------ 9. smaller ones
 
 
-def test_reconcile_enqueues_a_backlog_at_most_once_per_window(emulator, dummy_tasks):
+def test_reconcile_enqueues_a_backlog_at_most_once_per_window(imagekit, dummy_tasks):
     for n in range(3):
         Product.objects.create(photo=make_image(f"b{n}.png", seed=30 + n))
     backend = task_backends["default"]
@@ -445,7 +449,7 @@ def test_a_result_named_as_another_file_is_not_taken(emulator, run_on_commit):
     assert job.status == JobStatus.PENDING and not job.result_url and not job.result_name
 
 
-def test_a_failed_options_save_leaves_a_record(emulator, settings, dummy_tasks):
+def test_a_failed_options_save_leaves_a_record(imagekit, settings, dummy_tasks):
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "DEFAULT_OPTIONS": {"x": 1}}
     product = Product.objects.create(photo=make_image("o.png", seed=35))
     job = jobs_of(product).get()
@@ -453,7 +457,7 @@ def test_a_failed_options_save_leaves_a_record(emulator, settings, dummy_tasks):
     assert "Unknown option 'x'" in job.error_message
 
 
-def test_not_an_image_fails_before_any_upload(emulator, run_on_commit):
+def test_not_an_image_fails_before_any_upload(imagekit, run_on_commit):
     with run_on_commit():
         product = Product.objects.create(name="text")
         name = default_storage.save("products/notes.png", io.BytesIO(b"just some text"))
@@ -461,21 +465,21 @@ def test_not_an_image_fails_before_any_upload(emulator, run_on_commit):
         product.save()
     job = jobs_of(product).get()
     assert job.status == JobStatus.FAILED and job.error_code == "source_not_image"
-    assert "notes.png" in job.error_message and uploads(emulator) == []
+    assert "notes.png" in job.error_message and imagekit.uploads == []
 
 
-def test_an_image_over_the_plan_limit_fails_before_any_upload(emulator, settings, run_on_commit):
+def test_an_image_over_the_plan_limit_fails_before_any_upload(imagekit, settings, run_on_commit):
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "MAX_UPLOAD_BYTES": 100}
     product = product_with_image(run_on_commit, "big.png", seed=36)
     job = jobs_of(product).get()
     assert job.status == JobStatus.FAILED and job.error_code == "source_too_large"
-    assert "MAX_UPLOAD_BYTES" in job.error_message and uploads(emulator) == []
+    assert "MAX_UPLOAD_BYTES" in job.error_message and imagekit.uploads == []
 
 
 # ------------------------------------------------------------------ the daily budget
 
 
-def test_the_daily_budget_refuses_requests_and_records_saves(emulator, settings, dummy_tasks):
+def test_the_daily_budget_refuses_requests_and_records_saves(imagekit, settings, dummy_tasks):
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "DAILY_REMOVAL_LIMIT": 2}
     first = Product.objects.create(photo=make_image("b1.png", seed=40))
     assert services.budget.remaining() == 1
@@ -491,7 +495,7 @@ def test_the_daily_budget_refuses_requests_and_records_saves(emulator, settings,
     assert RemovalJob.objects.filter(status=JobStatus.QUEUED).count() == 1
 
 
-def test_a_rolled_back_request_gives_its_budget_back(emulator, settings, dummy_tasks):
+def test_a_rolled_back_request_gives_its_budget_back(imagekit, settings, dummy_tasks):
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "DAILY_REMOVAL_LIMIT": 1}
     with pytest.raises(RuntimeError), transaction.atomic():
         Product.objects.create(photo=make_image("rb.png", seed=42))
@@ -499,7 +503,7 @@ def test_a_rolled_back_request_gives_its_budget_back(emulator, settings, dummy_t
     assert services.budget.remaining() == 1
 
 
-def test_commands_stop_with_an_error_once_the_budget_is_spent(emulator, settings, dummy_tasks):
+def test_commands_stop_with_an_error_once_the_budget_is_spent(imagekit, settings, dummy_tasks):
     from django.core.management import CommandError, call_command
 
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "DAILY_REMOVAL_LIMIT": 1}

@@ -12,7 +12,7 @@ from django.utils import timezone
 from imagekit_bgremove import services
 from imagekit_bgremove.compat import task_backends
 from imagekit_bgremove.models import JobStatus, RemovalJob
-from tests.conftest import make_image, task_backend
+from tests.helpers import make_image, task_backend
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)

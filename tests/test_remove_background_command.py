@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from imagekit_bgremove.emulator.testing import running_emulator
+from imagekit_emulator.testing import running_emulator
+
+# The emulator over real HTTP.
+pytestmark = pytest.mark.integration
 
 SAMPLES = Path(__file__).resolve().parent.parent / "example_project" / "sample_images"
 
@@ -25,7 +28,6 @@ def ik_settings(settings, emulator):
     settings.IMAGEKIT_BGREMOVE = {
         **settings.IMAGEKIT_BGREMOVE,
         "EMULATOR_URL": emulator.url,
-        "EMULATOR_AUTOSTART": False,
     }
     return settings
 
@@ -110,7 +112,6 @@ def test_failure_callback_is_reported(settings, tmp_path):
         settings.IMAGEKIT_BGREMOVE = {
             **settings.IMAGEKIT_BGREMOVE,
             "EMULATOR_URL": ik.url,
-            "EMULATOR_AUTOSTART": False,
         }
         with pytest.raises(CommandError, match="could not remove the background"):
             run(str(SAMPLES / "coffee.jpg"), "-o", str(tmp_path / "o.png"), "--timeout", "30")

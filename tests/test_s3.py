@@ -25,7 +25,7 @@ from django.contrib.auth.models import User
 from django.urls import include, path
 
 from imagekit_bgremove.admin import BackgroundRemovalAdminMixin
-from tests.conftest import make_image, uploads, wait_for
+from tests.helpers import make_image, uploads, wait_for
 from tests.testapp.models import Product
 
 if importlib.util.find_spec("storages") is None or importlib.util.find_spec("moto") is None:

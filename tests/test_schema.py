@@ -168,7 +168,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test.utils import override_settings, setup_test_environment
 from rest_framework.test import APIClient
 from imagekit_bgremove import api, api_schema, rest_framework
-from tests.conftest import image_bytes
+from tests.helpers import image_bytes
 assert api_schema.HAVE_SPECTACULAR is False
 setup_test_environment()
 with override_settings(
@@ -195,7 +195,7 @@ with override_settings(
 
 
 def test_the_app_works_without_drf_spectacular(tmp_path):
-    from tests.conftest import task_backend
+    from tests.helpers import task_backend
 
     env = {
         **os.environ,

@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 
 from example_project.catalogue.models import Product  # noqa: E402
 from imagekit_bgremove.models import JobStatus, RemovalJob  # noqa: E402
-from tests.conftest import image_bytes  # noqa: E402
+from tests.helpers import image_bytes  # noqa: E402
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("example_project.urls")]
 

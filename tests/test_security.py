@@ -14,7 +14,7 @@ from imagekit_bgremove.conf import EMULATOR_WEBHOOK_SECRET
 from imagekit_bgremove.models import JobStatus, RemovalJob
 from imagekit_bgremove.signatures import signature_headers
 from imagekit_bgremove.tokens import make_token
-from tests.conftest import make_image, wait_for
+from tests.helpers import make_image, wait_for
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db

@@ -15,7 +15,7 @@ from imagekit_bgremove import services
 from imagekit_bgremove.client import get_client
 from imagekit_bgremove.models import JobStatus, RemovalJob, Trigger
 from imagekit_bgremove.tokens import read_token
-from tests.conftest import emulator_jobs, image_bytes, make_image, set_faults, uploads
+from tests.helpers import emulator_jobs, image_bytes, make_image, set_faults, uploads
 from tests.testapp.models import Asset, Product
 
 pytestmark = pytest.mark.django_db

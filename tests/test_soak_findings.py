@@ -17,7 +17,7 @@ from django.utils import timezone
 from imagekit_bgremove import services
 from imagekit_bgremove.conf import app_settings
 from imagekit_bgremove.models import JobStatus, RemovalJob
-from tests.conftest import image_bytes, set_faults, uploads
+from tests.helpers import image_bytes, set_faults, uploads
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db
@@ -176,7 +176,7 @@ settings.configure(
     ],
     DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
     TASKS={"default": {"BACKEND": dummy, "QUEUES": ["images"]}},
-    IMAGEKIT_BGREMOVE={"TASK_QUEUE": "images", "EMULATOR_AUTOSTART": False},
+    IMAGEKIT_BGREMOVE={"TASK_QUEUE": "images"},
     SECRET_KEY="probe",
     USE_TZ=True,
 )

@@ -14,7 +14,7 @@ from django.utils import timezone
 from imagekit_bgremove import queueing, tasks
 from imagekit_bgremove.compat import InvalidTaskBackend, task_backends
 from imagekit_bgremove.models import JobStatus, RemovalJob
-from tests.conftest import make_image, task_backend
+from tests.helpers import make_image, task_backend
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db
@@ -79,7 +79,7 @@ def test_a_task_backend_without_a_default_alias_works():
                             "imagekit_bgremove"],
             DATABASES={{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}}},
             TASKS={{"work": {{"BACKEND": "{}"}}}},
-            IMAGEKIT_BGREMOVE={{"TASK_BACKEND": "work", "EMULATOR_AUTOSTART": False}},
+            IMAGEKIT_BGREMOVE={{"TASK_BACKEND": "work"}},
             USE_TZ=True,
         )
         django.setup()
@@ -128,12 +128,12 @@ STORAGES = {"default": {"BACKEND": "django.core.files.storage.FileSystemStorage"
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend",
                      "QUEUES": ["default", "removals"]}}
 IMAGEKIT_BGREMOVE = json.loads(os.environ["IKBG_SETTINGS"])
-SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.W001"]
+SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.E010"]
 """
 
 CREATE = """
 from django.core.files.base import ContentFile
-from tests.conftest import image_bytes
+from tests.helpers import image_bytes
 from tests.testapp.models import Product
 p = Product.objects.create(name="db", photo=ContentFile(image_bytes(seed=9), name="db.png"))
 print(p.photo.removal.pk)
@@ -169,7 +169,7 @@ def test_database_backend_and_db_worker(emulator, tmp_path):
     import sys
     from pathlib import Path
 
-    from tests.conftest import emulator_settings, uploads
+    from tests.helpers import emulator_settings, uploads
 
     pytest.importorskip("django_tasks_db")
     (tmp_path / "dbw_settings.py").write_text(DB_WORKER_SETTINGS)

@@ -40,7 +40,7 @@ def measure(
 ) -> dict[str, Any]:
     import requests
 
-    from imagekit_bgremove.emulator.testing import CallbackReceiver
+    from imagekit_emulator.testing import CallbackReceiver
 
     port = free_port()
     argv = _replace(emulator_argv, "--port", str(port))

@@ -10,7 +10,7 @@ DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/imagekit_bgremove"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
-#: Every fault the emulator has (knob names of imagekit_bgremove.emulator.faults.Faults).
+#: Every fault the emulator has (knob names of imagekit_emulator.faults.Faults).
 FAULTS: dict[str, Any] = {
     # API, before the work: upload, list, details, versions, restore (never delivery).
     "error_rate_5xx": 0.03,
@@ -151,7 +151,7 @@ from example_project.settings import *  # noqa: F403
 from example_project.settings import IMAGEKIT_BGREMOVE, INSTALLED_APPS
 
 DEBUG = False
-SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.W001"]  # the emulator, on purpose
+SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.W008"]  # the emulator, on purpose
 IMAGEKIT_BGREMOVE = {{**IMAGEKIT_BGREMOVE, **{overrides!r}}}
 {engine}
 _log_file = os.environ.get("SOAK_LOG_FILE")

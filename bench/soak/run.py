@@ -97,7 +97,6 @@ def _child_env(run_dir: Path, db_url: str, emulator_url: str, web_url: str) -> d
         PUBLIC_BASE_URL=web_url,
         ALLOWED_HOSTS="127.0.0.1,localhost",
         IMAGEKIT_EMULATOR_URL=emulator_url,
-        IMAGEKIT_EMULATOR_AUTOSTART="false",
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -183,7 +182,7 @@ def _emulator_argv(config: SoakConfig, port: int, data_dir: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "imagekit_bgremove.emulator",
+        "imagekit_emulator",
         "--host",
         LOCALHOST,
         "--port",

@@ -34,7 +34,6 @@ from typing import Any
 from urllib.parse import quote, urlencode, urljoin
 
 import requests
-from django.core.exceptions import ImproperlyConfigured
 
 from ..exceptions import (
     ImageKitError,
@@ -399,25 +398,19 @@ class ImageKitClient(Transport):
 # The shared client
 
 _local = threading.local()
+# Set by imagekit_bgremove.testing.FakeImageKit while it is installed: every thread gets it.
+_fake: Any = None
 
 
 def get_client() -> ImageKitClient:
     """A client built from the current settings, reused per thread while they stay the same
-    (``override_settings`` therefore gets a fresh one). In emulator mode with
-    ``EMULATOR_AUTOSTART`` the bundled emulator is started first if nothing answers."""
+    (``override_settings`` therefore gets a fresh one). ImproperlyConfigured when the settings
+    name no ImageKit."""
     from ..conf import app_settings
 
-    if app_settings.emulator_mode and app_settings.EMULATOR_AUTOSTART:
-        try:
-            from ..emulator.embedded import ensure_emulator
-        except ImportError as exc:
-            raise ImproperlyConfigured(
-                "No ImageKit PRIVATE_KEY is set, so the bundled emulator is used, but its "
-                f"dependencies are missing ({exc.name or exc}). Install them with "
-                "pip install 'imagekit-bgremove[emulator]', or set IMAGEKIT_BGREMOVE's "
-                "PRIVATE_KEY to use ImageKit."
-            ) from exc
-        ensure_emulator(str(app_settings.EMULATOR_URL).rstrip("/"))
+    if _fake is not None:
+        return _fake
+    app_settings.require_imagekit()
     key = (
         hashlib.sha256(app_settings.private_key.encode()).hexdigest(),
         app_settings.upload_base_url,

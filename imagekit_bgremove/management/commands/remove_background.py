@@ -3,8 +3,8 @@
     python manage.py remove_background photo.jpg --output photo_nobg.png [--bg-color fff]
 
 1. uploads the image with the remove-bg extension (``client.get_client()``, so whatever ImageKit
-   the settings point at: the bundled emulator unless ``PRIVATE_KEY`` is set; the emulator is
-   started if none is running);
+   the settings point at: ImageKit with ``PRIVATE_KEY``, or the running emulator at
+   ``EMULATOR_URL``);
 2. receives the callback on a temporary listener on ``127.0.0.1:<free port>`` (the upload's
    ``webhookUrl``), checking its signature like the real endpoint does;
 3. downloads the result and writes it to ``--output``.
@@ -29,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from imagekit_bgremove import safejson, signatures
@@ -162,9 +163,9 @@ class CallbackListener:
 
 class Command(BaseCommand):
     help = (
-        "Remove the background of one image file through ImageKit (the bundled emulator unless "
-        "a PRIVATE_KEY is configured) and write the result as a PNG. Needs no web server and no "
-        "task worker."
+        "Remove the background of one image file through ImageKit (or the emulator at "
+        "EMULATOR_URL when no PRIVATE_KEY is configured) and write the result as a PNG. Needs no "
+        "web server and no task worker."
     )
 
     def add_arguments(self, parser) -> None:
@@ -213,27 +214,11 @@ class Command(BaseCommand):
         except budget.BudgetExhausted as exc:
             raise CommandError(f"Nothing was sent: {exc}") from exc
 
-        started = self._start_emulator()
         try:
-            self._run(source, data, output, options, timeout, opts["callback_port"])
-        finally:
-            if started is not None:
-                # Let a removal still in progress (after a timeout) finish cleanly before exit.
-                started.stop(timeout=30)
-
-    def _start_emulator(self):
-        """In emulator mode, make sure one answers; returns it if this command started it."""
-        if not app_settings.emulator_mode:
-            return None
-        from imagekit_bgremove.emulator.embedded import embedded_emulator, ensure_emulator
-
-        before = embedded_emulator()
-        try:
-            ensure_emulator(str(app_settings.EMULATOR_URL).rstrip("/"))
-        except Exception as exc:
-            raise CommandError(f"Could not start the ImageKit emulator: {exc}") from exc
-        after = embedded_emulator()
-        return after if after is not None and after is not before else None
+            app_settings.require_imagekit()
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
+        self._run(source, data, output, options, timeout, opts["callback_port"])
 
     def _run(
         self,

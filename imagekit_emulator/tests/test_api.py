@@ -17,13 +17,12 @@ import pytest
 import requests
 from PIL import Image
 
-from imagekit_bgremove.emulator import Emulator, EmulatorConfig
-from imagekit_bgremove.emulator.config import DEFAULT_PRIVATE_KEY
-from imagekit_bgremove.emulator.testing import running_emulator, sample_image
+from imagekit_emulator import Emulator, EmulatorConfig
+from imagekit_emulator.testing import running_emulator, sample_image
 
 UPLOAD = "/api/v1/files/upload"
 HELP = "For support kindly contact us at support@imagekit.io."
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +56,8 @@ def api(ik, method, path, **kwargs):
 
 def test_emulator_imports_without_django():
     code = (
-        "import sys; import imagekit_bgremove.emulator, imagekit_bgremove.emulator.embedded, "
-        "imagekit_bgremove.emulator.testing; print('django' in sys.modules)"
+        "import sys; import imagekit_emulator, imagekit_emulator.__main__, "
+        "imagekit_emulator.testing; print('django' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30
@@ -356,7 +355,7 @@ def test_extension_validation_against_the_spec_schema(ik):
     ],
 )
 def test_what_remove_bg_refuses_is_a_failure_callback(ik, extension, data, reason):
-    from imagekit_bgremove.emulator.testing import CallbackReceiver
+    from imagekit_emulator.testing import CallbackReceiver
 
     if data == "corrupt":
         data = sample_image()[:300]
@@ -642,7 +641,7 @@ def test_state_survives_a_restart_with_data_dir(tmp_path):
         assert third.state()["files"] == []
 
 
-# ----------------------------------------------------------------------------- CLI & embedding
+# ----------------------------------------------------------------------------- CLI
 
 
 def test_cli_starts_and_prints_its_line(tmp_path):
@@ -650,7 +649,7 @@ def test_cli_starts_and_prints_its_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "imagekit_bgremove.emulator",
+            "imagekit_emulator",
             "--port",
             "0",
             "--log-level",
@@ -685,7 +684,7 @@ def test_cli_starts_and_prints_its_line(tmp_path):
 
 
 def test_cli_flags_become_config():
-    from imagekit_bgremove.emulator.__main__ import build_parser, config_from_args
+    from imagekit_emulator.__main__ import build_parser, config_from_args
 
     args = build_parser().parse_args(
         [
@@ -718,44 +717,6 @@ def test_cli_flags_become_config():
     assert config.faults.drop_rate == 0.5 and config.faults.error_rate_5xx == 0.25
     with pytest.raises(SystemExit):
         config_from_args(build_parser().parse_args(["--drop-rate", "2"]))
-
-
-def test_ensure_emulator_starts_one_and_reuses_what_answers():
-    from imagekit_bgremove.emulator import embedded
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    assert not embedded.is_emulator(url, timeout=0.5)
-    embedded.ensure_emulator(url)
-    started = embedded.embedded_emulator()
-    try:
-        assert started is not None and started.port == port
-        assert started.config.daemon_threads is True
-        assert embedded.is_emulator(url)
-        embedded.ensure_emulator(url)  # no second emulator
-        assert embedded.embedded_emulator() is started
-        r = requests.post(
-            url + UPLOAD,
-            auth=(DEFAULT_PRIVATE_KEY, ""),
-            files={"file": ("a.jpg", sample_image())},
-            data={"fileName": "a.jpg"},
-            timeout=5,
-        )
-        assert r.status_code == 200
-    finally:
-        started.stop()
-        embedded._embedded = None
-
-    with running_emulator() as other:
-        embedded.ensure_emulator(other.url)  # one already answers: nothing is started
-        assert embedded.embedded_emulator() is None
-
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))  # holds the port without answering (connects are refused)
-        with pytest.raises(RuntimeError, match="cannot start"):
-            embedded.ensure_emulator(f"http://127.0.0.1:{busy.getsockname()[1]}")
 
 
 def test_emulator_lifecycle_leaves_no_threads():

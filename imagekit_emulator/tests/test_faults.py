@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from imagekit_bgremove.emulator import Faults, FaultsError
-from imagekit_bgremove.emulator.testing import CallbackReceiver, running_emulator, sample_image
+from imagekit_emulator import Faults, FaultsError
+from imagekit_emulator.testing import CallbackReceiver, running_emulator, sample_image
 
 UPLOAD = "/api/v1/files/upload"
 

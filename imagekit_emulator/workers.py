@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-logger = logging.getLogger("imagekit_bgremove.emulator")
+logger = logging.getLogger("imagekit_emulator")
 
 
 class WorkerPool:

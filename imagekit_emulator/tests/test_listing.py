@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from imagekit_bgremove.emulator.testing import running_emulator, sample_image
+from imagekit_emulator.testing import running_emulator, sample_image
 
 UPLOAD = "/api/v1/files/upload"
 HELP = "For support kindly contact us at support@imagekit.io."

@@ -1,7 +1,7 @@
 """A local ImageKit.io emulator: upload, file details, versions and the remove-bg extension
 with real background removal and signed webhook callbacks, plus fault injection.
 
-It needs no Django and no account: ``python -m imagekit_bgremove.emulator`` or
+It needs no Django and no account: ``python -m imagekit_emulator`` or
 ``Emulator(EmulatorConfig(port=0)).start()``.
 """
 

@@ -4,8 +4,7 @@ Like ImageKit, only an HTTP 200 within ``callback_timeout`` (30 s) counts as del
 anything else (other statuses, errors, timeouts) is retried with exponential backoff until
 ``callback_retry_seconds`` (24 h) have passed since the first attempt. Those durations are
 ImageKit seconds, turned into wall-clock ones by ``time_scale``. Bodies are signed with both
-of ImageKit's schemes, using ``imagekit_bgremove.signatures`` (ImageKit's published scheme;
-the only part of the app the emulator uses). The webhook faults (delay, duplicates,
+of ImageKit's schemes (``signing``). The webhook faults (delay, duplicates,
 reordering, failing first attempts, loss, retries with the original signature) are applied
 here.
 """
@@ -25,15 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from imagekit_bgremove.signatures import signature_headers
-
 from .config import EmulatorConfig
 from .faults import FaultInjector
+from .signing import signature_headers
 from .store import Activity, Callback, Job, Store, iso, now_ms
 from .version import USER_AGENT
 from .workers import WorkerPool
 
-logger = logging.getLogger("imagekit_bgremove.emulator")
+logger = logging.getLogger("imagekit_emulator")
 
 ACTIVITY = "callbacks"
 _MAX_RESPONSE_BYTES = 64 * 1024

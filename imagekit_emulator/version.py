@@ -1,12 +1,11 @@
-"""The emulator's version string, read from the installed distribution (the emulator imports
-nothing from the Django app, ``imagekit_bgremove.__version__`` included)."""
+"""The emulator's version string, read from the installed distribution."""
 
 from __future__ import annotations
 
 from importlib import metadata
 
 try:
-    VERSION = metadata.version("imagekit-bgremove")
+    VERSION = metadata.version("imagekit-emulator")
 except metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
     VERSION = "0+unknown"
 

@@ -47,7 +47,7 @@ from .version import SERVER_NAME
 if TYPE_CHECKING:
     from .server import Emulator
 
-logger = logging.getLogger("imagekit_bgremove.emulator")
+logger = logging.getLogger("imagekit_emulator")
 
 CONTROL_PREFIX = "/_emulator"
 

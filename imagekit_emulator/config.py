@@ -1,8 +1,8 @@
 """The emulator's configuration.
 
-The emulator imports nothing from the Django app (bar ImageKit's published signature scheme in
-``imagekit_bgremove.signatures``), so its well-known development credentials live here; the
-app's ``imagekit_bgremove.defaults`` carries the same values and a test keeps the two equal.
+The emulator imports nothing from the Django app, so its well-known development credentials live
+here; the app's ``imagekit_bgremove.defaults`` carries the same values and a test keeps the two
+equal.
 
 Durations are in *ImageKit seconds*: how long the real service waits. ``time_scale`` turns
 them into wall-clock seconds (``wall = imagekit * time_scale``), so a test can run a day of
@@ -77,7 +77,7 @@ def _strings(value: str | Iterable[str] | None) -> tuple[str, ...]:
 
 @dataclass
 class EmulatorConfig:
-    """Everything an :class:`~imagekit_bgremove.emulator.Emulator` needs; all fields optional."""
+    """Everything an :class:`~imagekit_emulator.Emulator` needs; all fields optional."""
 
     host: str = DEFAULT_HOST
     #: 0 picks a free port (read it back from ``Emulator.port``/``.url`` after ``start()``).
@@ -132,9 +132,9 @@ class EmulatorConfig:
     sign_callbacks: bool = True
     #: Fault knobs at start (a mapping or a ``Faults``); see ``faults.Faults``.
     faults: Any = None
-    #: Run every thread as a daemon (the embedded emulator must never keep a process alive).
+    #: Run every thread as a daemon (an emulator inside a test process must never keep it alive).
     daemon_threads: bool = False
-    #: Log each request at INFO on the ``imagekit_bgremove.emulator`` logger.
+    #: Log each request at INFO on the ``imagekit_emulator`` logger.
     log_requests: bool = False
     #: Seconds an idle keep-alive connection is kept open.
     idle_timeout: float = 30.0

@@ -18,9 +18,9 @@ np = pytest.importorskip("numpy")
 cv2 = pytest.importorskip("cv2")
 Image = pytest.importorskip("PIL.Image")
 
-from imagekit_bgremove.emulator.testing import running_emulator  # noqa: E402
+from imagekit_emulator.testing import running_emulator  # noqa: E402
 
-PHOTOS = Path(__file__).resolve().parent.parent / "example_project" / "sample_images"
+PHOTOS = Path(__file__).resolve().parents[2] / "example_project" / "sample_images"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from imagekit_bgremove.emulator.testing import (
+from imagekit_emulator.testing import (
     FAST_CALLBACKS,
     FAST_TIME_SCALE,
     CallbackReceiver,
@@ -196,7 +196,7 @@ def test_rate_limit_window_follows_the_time_scale():
 
 
 def test_real_world_defaults_and_the_test_time_scale():
-    from imagekit_bgremove.emulator import EmulatorConfig
+    from imagekit_emulator import EmulatorConfig
 
     real = EmulatorConfig()
     assert (real.time_scale, real.callback_timeout, real.callback_retry_seconds) == (
@@ -228,7 +228,7 @@ def test_time_scale_compresses_the_retry_schedule():
 
 
 def test_cli_time_scale_flag():
-    from imagekit_bgremove.emulator.__main__ import build_parser, config_from_args
+    from imagekit_emulator.__main__ import build_parser, config_from_args
 
     config = config_from_args(
         build_parser().parse_args(

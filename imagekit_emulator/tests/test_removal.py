@@ -11,7 +11,7 @@ np = pytest.importorskip("numpy")
 cv2 = pytest.importorskip("cv2")
 Image = pytest.importorskip("PIL.Image")
 
-from imagekit_bgremove.emulator.removal import (  # noqa: E402
+from imagekit_emulator.removal import (  # noqa: E402
     RemovalError,
     RemovalResult,
     compute_mask,

@@ -23,7 +23,7 @@ from .jobs import JobRunner
 from .store import Activity, Store
 from .wsgi import make_emulator_server
 
-logger = logging.getLogger("imagekit_bgremove.emulator")
+logger = logging.getLogger("imagekit_emulator")
 
 
 def _load_segmentation_model(config: EmulatorConfig) -> Any:

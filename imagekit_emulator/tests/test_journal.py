@@ -9,8 +9,8 @@ import json
 
 import requests
 
-from imagekit_bgremove.emulator.store import COMPACT_EVERY, JOURNAL_NAME, Store
-from imagekit_bgremove.emulator.testing import running_emulator, sample_image
+from imagekit_emulator.store import COMPACT_EVERY, JOURNAL_NAME, Store
+from imagekit_emulator.testing import running_emulator, sample_image
 
 
 def _upload(ik, name: str) -> dict:

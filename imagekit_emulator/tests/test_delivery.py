@@ -10,7 +10,7 @@ import pytest
 import requests
 from PIL import Image
 
-from imagekit_bgremove.emulator.testing import running_emulator, sample_image
+from imagekit_emulator.testing import running_emulator, sample_image
 
 UPLOAD = "/api/v1/files/upload"
 WEBP = {"Accept": "image/avif,image/webp,image/apng,*/*;q=0.8"}  # what browsers send

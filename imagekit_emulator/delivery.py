@@ -28,7 +28,7 @@ from .store import FileRecord, Version
 if TYPE_CHECKING:
     from .server import Emulator
 
-logger = logging.getLogger("imagekit_bgremove.emulator")
+logger = logging.getLogger("imagekit_emulator")
 
 DELIVERY_PREFIX = "/ik"
 _TR_SEGMENT = re.compile(r"tr[:,]")

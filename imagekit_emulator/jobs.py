@@ -24,7 +24,7 @@ from .workers import WorkerPool
 if TYPE_CHECKING:
     from .server import Emulator
 
-logger = logging.getLogger("imagekit_bgremove.emulator")
+logger = logging.getLogger("imagekit_emulator")
 
 ACTIVITY = "jobs"
 

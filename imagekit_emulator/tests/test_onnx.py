@@ -22,14 +22,14 @@ onnx = pytest.importorskip("onnx")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from imagekit_bgremove.emulator import Emulator, EmulatorConfig  # noqa: E402
-from imagekit_bgremove.emulator.__main__ import build_parser, config_from_args, main  # noqa: E402
-from imagekit_bgremove.emulator.config import SegmentationModelError  # noqa: E402
-from imagekit_bgremove.emulator.removal import (  # noqa: E402
+from imagekit_emulator import Emulator, EmulatorConfig  # noqa: E402
+from imagekit_emulator.__main__ import build_parser, config_from_args, main  # noqa: E402
+from imagekit_emulator.config import SegmentationModelError  # noqa: E402
+from imagekit_emulator.removal import (  # noqa: E402
     SegmentationModel,
     remove_background,
 )
-from imagekit_bgremove.emulator.testing import running_emulator  # noqa: E402
+from imagekit_emulator.testing import running_emulator  # noqa: E402
 
 UPLOAD = "/api/v1/files/upload"
 W, H = 240, 180

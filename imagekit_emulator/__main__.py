@@ -1,4 +1,4 @@
-"""``python -m imagekit_bgremove.emulator`` / ``imagekit-emulator``: run the emulator.
+"""``python -m imagekit_emulator`` / ``imagekit-emulator``: run the emulator.
 
 ``--segmentation-model PATH`` makes remove-bg use a deployer's own ONNX segmentation model
 instead of the built-in methods (see ``--help`` and ``removal.SegmentationModel``).
