@@ -305,11 +305,12 @@ def test_webhook_host_outside_allowed_hosts(production):
 def test_webhook_host_with_debug_and_no_allowed_hosts(settings):
     settings.DEBUG = True
     settings.ALLOWED_HOSTS = []
-    settings.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": "http://127.0.0.1:8000"}
+    emulator = {"EMULATOR_URL": "http://127.0.0.1:8790"}
+    settings.IMAGEKIT_BGREMOVE = {**emulator, "WEBHOOK_BASE_URL": "http://127.0.0.1:8000"}
     assert run() == []
-    settings.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": "http://[::1]:8000"}
+    settings.IMAGEKIT_BGREMOVE = {**emulator, "WEBHOOK_BASE_URL": "http://[::1]:8000"}
     assert run() == []
-    settings.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": "http://192.168.1.5:8000"}
+    settings.IMAGEKIT_BGREMOVE = {**emulator, "WEBHOOK_BASE_URL": "http://192.168.1.5:8000"}
     assert run() == ["imagekit_bgremove.W009"]
 
 

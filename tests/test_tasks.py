@@ -116,6 +116,7 @@ def test_tasks_are_safe_to_run_twice(dummy_tasks, run_on_commit):
 DB_WORKER_SETTINGS = """
 import json, os
 SECRET_KEY = "x"
+ALLOWED_HOSTS = ["testserver"]
 USE_TZ = True
 INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django_tasks_db",
                   "imagekit_bgremove", "tests.testapp"]
