@@ -55,7 +55,7 @@ DEBUG = False
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 # The emulator-style local setup, on purpose: no real account, a loopback webhook.
 SILENCED_SYSTEM_CHECKS = [
-    "imagekit_bgremove.W008",
+    "imagekit_bgremove.W009",
     "imagekit_bgremove.W004",
     "imagekit_bgremove.W005",
 ]
@@ -114,7 +114,7 @@ for number, path in enumerate(paths):
         product = Product.objects.create(
             name=f"bench {tag} {number}", photo=ContentFile(fh.read(), name=f"bench-{number}.jpg")
         )
-    jobs.append(product.photo_removal_id)
+    jobs.append(product.photo.removal.pk)
     files.append([str(settings.MEDIA_ROOT / product.photo.name), product.photo.name.split("/")[-1]])
 print(json.dumps({"jobs": jobs, "files": files}))
 """
@@ -135,7 +135,7 @@ for number, path in enumerate(paths):
         product = Product.objects.create(
             name=f"bench profile {number}", photo=ContentFile(fh.read(), name=f"prof-{number}.jpg")
         )
-    jobs.append(product.photo_removal_id)
+    jobs.append(product.photo.removal.pk)
 services.submit(jobs.pop())  # warm
 def commits():
     with connection.cursor() as cursor:

@@ -4,7 +4,7 @@
 imagekit_bgremove.E010      neither PRIVATE_KEY nor EMULATOR_URL while DEBUG is False (with DEBUG
                             on, W001, and the first request raises ImproperlyConfigured)
 imagekit_bgremove.W001      neither PRIVATE_KEY nor EMULATOR_URL (DEBUG on)
-imagekit_bgremove.W008      EMULATOR_URL set while DEBUG is False: images go to an emulator
+imagekit_bgremove.W009      EMULATOR_URL set while DEBUG is False: images go to an emulator
 imagekit_bgremove.E001      IMAGEKIT_BGREMOVE is not a dict
 imagekit_bgremove.E002      unknown keys in IMAGEKIT_BGREMOVE
 imagekit_bgremove.E003      PRIVATE_KEY is a public key
@@ -21,6 +21,8 @@ imagekit_bgremove.E009      a timeout, retry or size setting is not a usable num
 imagekit_bgremove.W006      neither WEBHOOK_SECRETS nor WEBHOOK_CONFIRM_WITH_API (DEBUG False):
                             nothing but the URL token vouches for a callback's content
 imagekit_bgremove.E011      a real key but no URL_ENDPOINT: every job would fail on its result host
+imagekit_bgremove.W008      WEBHOOK_BASE_URL's host is not in ALLOWED_HOSTS: every callback
+                            would be answered 400 (DisallowedHost)
 =========================== =====================================================================
 """
 
@@ -35,6 +37,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, register
 from django.core.checks import Warning as CheckWarning
+from django.http.request import split_domain_port, validate_host
 
 from .conf import DEFAULTS, SETTINGS_NAME, app_settings
 from .options import NON_FIELD, OptionsError, RemoveBgOptions
@@ -112,7 +115,7 @@ def check_settings_present(app_configs=None, **kwargs: Any) -> list[CheckMessage
                 f"{SETTINGS_NAME}['EMULATOR_URL'] is set and PRIVATE_KEY is not, while DEBUG is "
                 "False: images are sent to the ImageKit emulator, not to ImageKit.",
                 hint="Set PRIVATE_KEY to your ImageKit private API key in production.",
-                id=f"{PREFIX}.W008",
+                id=f"{PREFIX}.W009",
             )
         )
     key = user.get("PRIVATE_KEY")
@@ -168,6 +171,16 @@ def _is_local_host(host: str) -> bool:
     return (
         address.is_loopback or address.is_private or address.is_unspecified or address.is_link_local
     )
+
+
+def _host_allowed(netloc: str) -> bool:
+    """Whether Django's host validation lets a request to ``netloc`` through."""
+    domain, _port = split_domain_port(netloc.rpartition("@")[2])
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        # What HttpRequest.get_host() allows in that case.
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    return bool(domain) and validate_host(domain, allowed)
 
 
 @register(TAG)
@@ -248,6 +261,15 @@ def check_webhooks(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
             )
         )
         return messages
+    if not _host_allowed(parts.netloc):
+        messages.append(
+            CheckWarning(
+                f"{SETTINGS_NAME}['WEBHOOK_BASE_URL'] names the host {host!r}, which is not in "
+                "ALLOWED_HOSTS: Django would answer every callback with 400 (DisallowedHost).",
+                hint=f"Add {host!r} to ALLOWED_HOSTS (a tunnel's host too, while you use one).",
+                id=f"{PREFIX}.W008",
+            )
+        )
     if real_key and not settings.DEBUG:
         if parts.scheme != "https":
             messages.append(

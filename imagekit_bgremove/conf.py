@@ -48,8 +48,6 @@ DEFAULTS: dict[str, Any] = {
     "TASK_QUEUE": "default",
     "TASK_MAX_ATTEMPTS": 5,
     "TASK_RETRY_DELAY": 30.0,
-    # Hand tasks to a thread of the process at commit instead of enqueueing in the request.
-    "ENQUEUE_IN_BACKGROUND": True,
     # How long a worker holds a job it is submitting or storing before reconcile takes it back.
     "TASK_LEASE_SECONDS": 600,
     # Results.

@@ -5,10 +5,11 @@ save stores a new image (and the trigger allows it), the save records a removal 
 transaction; the submit task is enqueued once that transaction commits. ``save()`` itself does no
 network I/O and never reads the image.
 
-The field adds two companion foreign keys, so lists can filter and ``select_related`` them:
-``<name>_removal`` (the latest job) and ``<name>_result`` (the latest job that succeeded)::
+The field adds no column: what became of an image's removal is read from the job table
+(``imagekit_bgremove.state``), lazily and cached on the instance; for lists in two queries per
+page (``prefetch_removal_state``), and filtered with ``with_removal_status``::
 
-    Product.objects.filter(photo_removal__status="succeeded").select_related("photo_removal")
+    with_removal_status(Product.objects.all(), "photo").filter(photo_removal_status="succeeded")
 
 A new image is recognised from what the save actually stores, not from a name: a file written by
 this save (so a storage that overwrites names, like S3's default, is no obstacle), or a different
@@ -24,14 +25,14 @@ from typing import Any
 
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
-from django.db import connections, models
+from django.db import models
 from django.db.models.fields.files import FieldFile, ImageFieldFile, ImageFileDescriptor
-from django.db.models.signals import class_prepared, post_init, post_save, pre_save
+from django.db.models.signals import class_prepared, post_init, post_save
 
 from . import services
-from .models import JobStatus, Trigger, next_job_id
+from .models import Trigger
 from .options import OptionsError, RemoveBgOptions
-from .statements import NextId
+from .state import forget_state, state_of
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ TRIGGER_MANUAL = "manual"
 TRIGGERS = (TRIGGER_CHANGED, TRIGGER_NEVER, TRIGGER_MANUAL)
 
 _UNSET = object()
+#: What pre_save records for a save that clears the image.
+CLEARED = "cleared"
 
 
 def _snapshot_key(attname: str) -> str:
@@ -56,15 +59,8 @@ def _options_key(attname: str) -> str:
     return f"_ikbg_options_{attname}"
 
 
-def _drawn_key(attname: str) -> str:
-    """Set while a save's INSERT draws the new job's id for the pointer (``next_job_id``)."""
-    return f"_ikbg_drawn_{attname}"
-
-
-#: Set by the pre_save signal, which only ``save()`` sends (``bulk_create`` does not, and no
-#: job is ever requested for its rows), when the save runs in the caller's transaction: the
-#: database alias it writes to.
-_SAVING_KEY = "_ikbg_saving_using"
+def _user_key(attname: str) -> str:
+    return f"_ikbg_user_{attname}"
 
 
 class BackgroundRemovalFieldFile(ImageFieldFile):
@@ -73,12 +69,12 @@ class BackgroundRemovalFieldFile(ImageFieldFile):
     @property
     def removal(self):
         """The latest :class:`RemovalJob` of this field (``None`` before the first request)."""
-        return getattr(self.instance, self.field.removal_field_name, None)
+        return state_of(self.instance, self.field.name).latest
 
     @property
     def last_success(self):
         """The latest job of this field that succeeded (``None`` if none has)."""
-        return getattr(self.instance, self.field.result_field_name, None)
+        return state_of(self.instance, self.field.name).last_success
 
     @property
     def removal_status(self) -> str | None:
@@ -91,8 +87,9 @@ class BackgroundRemovalFieldFile(ImageFieldFile):
         return job.error_message if job is not None else ""
 
     def _result_job(self):
-        job = self.last_success
-        if job is None or job.status != JobStatus.SUCCEEDED or job.source_name != self.name:
+        """The job whose cut-out is of the image the field holds now, if there is one."""
+        job = state_of(self.instance, self.field.name).current_success
+        if job is None or job.source_name != self.name:
             return None  # no cut-out yet, or it is the cut-out of an earlier image
         return job
 
@@ -124,6 +121,18 @@ class BackgroundRemovalFieldFile(ImageFieldFile):
             self.instance.__dict__[key] = options.to_dict()
         else:
             self.instance.__dict__[key] = dict(options)
+
+    @property
+    def next_removal_user(self) -> Any:
+        return self.instance.__dict__.get(_user_key(self.field.attname))
+
+    @next_removal_user.setter
+    def next_removal_user(self, user: Any) -> None:
+        """Who asks for the removal the next save requests (the user who uploaded the image)."""
+        if user is None:
+            self.instance.__dict__.pop(_user_key(self.field.attname), None)
+        else:
+            self.instance.__dict__[_user_key(self.field.attname)] = user
 
     def request_removal(
         self,
@@ -161,6 +170,7 @@ class _Descriptor(ImageFileDescriptor):
             and source._meta.concrete_model is instance._meta.concrete_model
         ):
             instance.__dict__[_snapshot_key(self.field.attname)] = value.name or ""
+            forget_state(instance, self.field.name)  # read the jobs afresh too
 
 
 class BackgroundRemovalImageField(models.ImageField):
@@ -211,47 +221,12 @@ class BackgroundRemovalImageField(models.ImageField):
     def _raise_options_error(self, label: str) -> None:
         raise ImproperlyConfigured(f"{label}: invalid remove_bg_options: {self._options_error}")
 
-    @property
-    def removal_field_name(self) -> str:
-        return f"{self.name}_removal"
-
-    @property
-    def removal_attname(self) -> str:
-        """The column attribute of ``<name>_removal`` (the job id, without loading the job)."""
-        return f"{self.removal_field_name}_id"
-
-    @property
-    def result_field_name(self) -> str:
-        return f"{self.name}_result"
-
     # -- model class set-up ------------------------------------------------------------------
 
     def contribute_to_class(self, cls: type[models.Model], name: str, **kwargs: Any) -> None:
         if self._options_error is not None:
             self._raise_options_error(f"{cls.__module__}.{cls.__qualname__}.{name}")
         super().contribute_to_class(cls, name, **kwargs)
-        if cls._meta.abstract or cls.__module__ == "__fake__":
-            # Abstract: each concrete child gets its own copy. A migration state model already
-            # carries the pointers from its migration.
-            return
-        label = self.verbose_name or name
-        for pointer, what in (
-            (self.removal_field_name, "background removal"),
-            (self.result_field_name, "background removal result"),
-        ):
-            if not any(f.name == pointer for f in cls._meta.local_fields):
-                cls.add_to_class(
-                    pointer,
-                    models.ForeignKey(
-                        "imagekit_bgremove.RemovalJob",
-                        null=True,
-                        blank=True,
-                        editable=False,
-                        on_delete=models.SET_NULL,
-                        related_name="+",
-                        verbose_name=f"{label} {what}",
-                    ),
-                )
 
     def deconstruct(self):
         name, path, args, kwargs = super().deconstruct()
@@ -314,7 +289,8 @@ class BackgroundRemovalImageField(models.ImageField):
         if writes_file or (add and name):
             changed = True
         elif not name:
-            changed = False
+            # Cleared: its unfinished job is stopped (unless this is a new row).
+            changed = CLEARED if not add else False
         else:
             before = model_instance.__dict__.get(_snapshot_key(self.attname), _UNSET)
             if model_instance._state.adding:
@@ -332,26 +308,17 @@ class BackgroundRemovalImageField(models.ImageField):
             else:
                 changed = before != name
         model_instance.__dict__[_changed_key(self.attname)] = changed
-        if add and changed:
-            self._draw_job_id(model_instance)
         return value
 
-    def _draw_job_id(self, instance: models.Model) -> None:
-        """When this INSERT will certainly be followed by the job's (a ``save()`` in a
-        transaction, with the default trigger), let it write the pointer to the job's id, drawn
-        from the job sequence, instead of updating the new row a second time after the job is
-        written. Outside the caller's transaction the object's row would commit before its job
-        exists (the pointer is a deferred foreign key: the commit would fail)."""
-        if isinstance(instance.__dict__.get(self.removal_attname), NextId):
-            return  # Django calls pre_save twice on an insert; the first call drew it
-        using = instance.__dict__.get(_SAVING_KEY)
-        if using is None or self.remove_bg_trigger != TRIGGER_CHANGED:
-            return
-        expression = next_job_id(connections[using])
-        if expression is None:
-            return
-        setattr(instance, self.removal_attname, expression)
-        instance.__dict__[_drawn_key(self.attname)] = True
+    def not_requested(self, instance: models.Model) -> bool:
+        """Whether the image the field holds has no removal job yet: a callable trigger that
+        declined when it was stored (a draft) is asked again at each later save until it
+        accepts. Asked only when the trigger accepts: a read of the jobs."""
+        name = self._stored_name(instance)
+        if not name or not self.trigger_allows(instance):
+            return False
+        latest = state_of(instance, self.name).latest
+        return latest is None or latest.source_name != name
 
     def trigger_allows(self, instance: models.Model) -> bool:
         trigger = self.remove_bg_trigger
@@ -373,24 +340,6 @@ def _after_init(sender: type, instance: models.Model, **kwargs: Any) -> None:
         instance.__dict__[_snapshot_key(field.attname)] = field._stored_name(instance)
 
 
-def _before_save(
-    sender: type, instance: models.Model, raw: bool, using: str | None = None, **kwargs: Any
-) -> None:
-    state = instance.__dict__
-    # Whatever an earlier save of this instance left when it failed midway goes first: an id
-    # drawn for an INSERT that never happened, and the flag below.
-    for field in sender._ikbg_fields:  # type: ignore[attr-defined]
-        if isinstance(state.get(field.removal_attname), NextId):
-            state[field.removal_attname] = None
-        state.pop(_drawn_key(field.attname), None)
-    # Only in the caller's transaction: the one save() opens for a multi-table child commits
-    # before post_save, that is before the job is written.
-    if not raw and connections[using].in_atomic_block:
-        state[_SAVING_KEY] = using
-    else:
-        state.pop(_SAVING_KEY, None)
-
-
 def _after_save(
     sender: type,
     instance: models.Model,
@@ -400,20 +349,23 @@ def _after_save(
     using: str | None = None,
     **kwargs: Any,
 ) -> None:
-    instance.__dict__.pop(_SAVING_KEY, None)
     for field in sender._ikbg_fields:  # type: ignore[attr-defined]
-        changed = instance.__dict__.pop(_changed_key(field.attname), False)
-        drawn = instance.__dict__.pop(_drawn_key(field.attname), False)
-        instance.__dict__[_snapshot_key(field.attname)] = field._stored_name(instance)
-        if raw or not changed:
-            continue
         if update_fields is not None and field.name not in update_fields:
+            continue  # the image was not written: what was last stored still stands
+        changed = instance.__dict__.pop(_changed_key(field.attname), False)
+        instance.__dict__[_snapshot_key(field.attname)] = field._stored_name(instance)
+        if raw:
             continue
-        if not field.trigger_allows(instance):
+        if changed is CLEARED:
+            services.cancel_unpaid(instance, field.name)
             continue
-        # In the save's transaction: if the job cannot be recorded, the save fails with it.
-        job_id = getattr(instance, field.removal_attname) if drawn else None
-        services.request_on_save(instance, field, created=created, using=using, job_id=job_id)
+        if changed:
+            wanted = field.trigger_allows(instance)
+        else:
+            wanted = callable(field.remove_bg_trigger) and field.not_requested(instance)
+        if wanted:
+            # In the save's transaction: if the job cannot be recorded, the save fails with it.
+            services.request_on_save(instance, field, created=created, using=using)
 
 
 def _connect(sender: type[models.Model], **kwargs: Any) -> None:
@@ -426,7 +378,6 @@ def _connect(sender: type[models.Model], **kwargs: Any) -> None:
     sender._ikbg_fields = fields  # type: ignore[attr-defined]
     uid = f"ikbg_{sender.__module__}.{sender.__qualname__}"
     post_init.connect(_after_init, sender=sender, dispatch_uid=f"{uid}_init")
-    pre_save.connect(_before_save, sender=sender, dispatch_uid=f"{uid}_pre_save")
     post_save.connect(_after_save, sender=sender, dispatch_uid=f"{uid}_save")
 
 

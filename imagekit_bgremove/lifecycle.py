@@ -1,30 +1,97 @@
-"""The moves every stage shares, one floor below the stages in ``services/``.
+"""The job's state machine and the moves every stage shares, one floor below ``services/``.
 
-Failing or finishing a job (and telling the receivers of the public signals after commit),
-superseding older jobs of an image, releasing the jobs that wait on another job's identical
-image, and keeping the object's two pointers (``<field>_removal``: the latest job;
-``<field>_result``: the latest job that succeeded) up to date.
+``MOVES`` is the one table of allowed moves; ``transition`` is the only writer of a job's
+``status`` and refuses a move the table does not list. Every move is one conditional UPDATE, so
+of two parties making the same move exactly one wins, and a worker holding a lease loses once
+its lease was handed on. A move that settles a job's result or fate also settles the jobs
+waiting on it (``settle_waiters``: identical images are paid for once), so the stages that fail,
+cancel or finish a job need not know that others wait.
 
-Every move is ``RemovalJob.objects.transition``: one conditional UPDATE, so of two parties making
-the same move exactly one wins, and a worker holding a lease loses once its lease was handed on.
+Also here: failing or finishing a job (telling the receivers of the public signals after
+commit) and superseding older jobs of an image.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from django.db import connections, models, router, transaction
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import queueing, statements
+from . import queueing
 from .conf import app_settings
-from .models import UNFINISHED, JobStatus, RemovalJob, new_lease
+from .models import FINISHED, UNFINISHED, JobStatus, RemovalJob, new_lease
 from .signals import removal_failed, removal_succeeded
 
 logger = logging.getLogger(__name__)
+
+S = JobStatus
+_ENDS = (S.FAILED, S.SUPERSEDED, S.CANCELLED)
+
+#: Every allowed move: state -> the states it may move to.
+MOVES: dict[str, tuple[str, ...]] = {
+    S.QUEUED: (S.SUBMITTING, S.RECEIVED, *_ENDS),
+    S.SUBMITTING: (S.QUEUED, S.PENDING, S.WAITING, S.RECEIVED, *_ENDS),
+    S.WAITING: (S.QUEUED, S.RECEIVED, *_ENDS),
+    S.PENDING: (S.QUEUED, S.RECEIVED, *_ENDS),
+    S.RECEIVED: (S.RECEIVED, S.SUCCEEDED, *_ENDS),
+    S.FAILED: (S.RECEIVED,),  # a late result that can be trusted
+    S.SUCCEEDED: (),
+    S.SUPERSEDED: (),
+    S.CANCELLED: (),
+}
+
+#: Moves after which the jobs waiting on the moved one can be settled.
+_SETTLES_WAITERS = (S.RECEIVED, S.SUCCEEDED, *_ENDS)
+
+
+def moves_table() -> str:
+    """``MOVES`` as the Markdown table docs/ARCHITECTURE.md shows (a test keeps them equal)."""
+    rows = ["| from | may move to |", "|---|---|"]
+    for source, targets in MOVES.items():
+        rows.append(f"| {source} | {', '.join(targets) or '(finished)'} |")
+    return "\n".join(rows)
+
+
+def transition(
+    pk: int | list[int],
+    sources: Iterable[str],
+    target: str,
+    *,
+    lease: int | None = None,
+    **changes: Any,
+) -> int:
+    """Move job ``pk`` (or each of a list) from one of ``sources`` to ``target`` in one UPDATE;
+    returns how many moved. Raises ValueError for a move ``MOVES`` does not allow.
+
+    The database decides the race: of two workers (or a worker and a webhook) trying the same
+    move, exactly one sees a row count of 1. With ``lease``, only the holder of that token may
+    move the job: a worker that reconcile replaced (its lease expired) loses even when the
+    status still matches. Every move hands out a new token (0 unless ``lease_token`` is given),
+    so whoever held the old one can no longer move the job."""
+    sources = list(sources)
+    refused = [source for source in sources if target not in MOVES[source]]
+    if refused:
+        raise ValueError(f"{', '.join(refused)} -> {target} is not an allowed move")
+    changes.setdefault("updated_at", timezone.now())
+    changes.setdefault("lease_token", 0)
+    if "lease_expires_at" not in changes and not changes["lease_token"]:
+        changes["lease_expires_at"] = None
+    if target in FINISHED:
+        changes.setdefault("finished_at", changes["updated_at"])
+    pks = pk if isinstance(pk, list) else [pk]
+    jobs = RemovalJob.objects.filter(pk__in=pks, status__in=sources)
+    if lease is not None:
+        jobs = jobs.filter(lease_token=lease)
+    moved = jobs.update(status=target, **changes)
+    if moved and target in _SETTLES_WAITERS:
+        settle_waiters(pks)
+    return moved
+
 
 RESULT_FIELDS = (
     "result_file_id",
@@ -55,9 +122,6 @@ def claim(
     Returns the job and the lease, or None when another party has it."""
     lease = new_lease()
     now = timezone.now()
-    jobs = RemovalJob.objects.filter(pk=job_id, status=status)
-    if free:
-        jobs = jobs.filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
     changes: dict[str, Any] = {
         "lease_token": lease,
         "lease_expires_at": now + timedelta(seconds=float(app_settings.TASK_LEASE_SECONDS)),
@@ -66,25 +130,15 @@ def claim(
         attempts: models.F(attempts) + 1,
     }
     if become is not None:
-        changes["status"] = become
-    if not jobs.update(**changes):
+        moved = transition(job_id, [status], become, **changes)
+    else:  # a worker taking the job in its state: no move, and only once the last lease ran out
+        jobs = RemovalJob.objects.filter(pk=job_id, status=status)
+        if free:
+            jobs = jobs.filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        moved = jobs.update(**changes)
+    if not moved:
         return None
     return RemovalJob.objects.select_related("content_type").get(pk=job_id), lease
-
-
-def pointer_names(field_name: str) -> tuple[str, str]:
-    """The object's pointers to its latest job and to its latest successful job."""
-    return f"{field_name}_removal", f"{field_name}_result"
-
-
-def point_latest_at(
-    model: type[models.Model], pk: Any, field_name: str, job_id: int, *, using: str | None = None
-) -> None:
-    """Point the object's ``<field>_removal`` at ``job_id`` (on the save path, the ORM's update
-    costs more than the statement itself)."""
-    alias = using or router.db_for_write(model)
-    pointer = model._meta.get_field(pointer_names(field_name)[0])
-    statements.update_column(connections[alias], pointer, pk, job_id)
 
 
 def target_model(job: RemovalJob) -> type[models.Model] | None:
@@ -112,51 +166,25 @@ def fail(
     still held by that lease); then tell ``removal_failed``'s receivers after commit, and settle
     the jobs waiting on this one. Returns whether the job moved."""
     with transaction.atomic():
-        if not RemovalJob.objects.transition(
-            job_id, sources, JobStatus.FAILED, lease=lease, **changes
-        ):
+        if not transition(job_id, sources, JobStatus.FAILED, lease=lease, **changes):
             return False
         send_on_commit(removal_failed, job_id)
-        settle_waiters(job_id)
     return True
 
 
 def cancel(job_id: int, sources: list[str], *, lease: int | None = None, **changes: Any) -> bool:
-    with transaction.atomic():
-        if not RemovalJob.objects.transition(
-            job_id, sources, JobStatus.CANCELLED, lease=lease, **changes
-        ):
-            return False
-        settle_waiters(job_id)
-    return True
+    return bool(transition(job_id, sources, JobStatus.CANCELLED, lease=lease, **changes))
 
 
 def succeed(job: RemovalJob, *, lease: int, **changes: Any) -> bool:
-    """``received`` → ``succeeded`` for the holder of ``lease``, pointing the object's result
-    pointer at the job (unless a newer job already succeeded). Returns whether it moved."""
+    """``received`` → ``succeeded`` for the holder of ``lease``. Returns whether it moved."""
     with transaction.atomic():
-        if not RemovalJob.objects.transition(
-            job.pk,
-            [JobStatus.RECEIVED],
-            JobStatus.SUCCEEDED,
-            lease=lease,
-            **changes,
+        if not transition(
+            job.pk, [JobStatus.RECEIVED], JobStatus.SUCCEEDED, lease=lease, **changes
         ):
             return False
-        _point_result_at(job)
         send_on_commit(removal_succeeded, job.pk)
-        settle_waiters(job.pk)
     return True
-
-
-def _point_result_at(job: RemovalJob) -> None:
-    model = target_model(job)
-    if model is None:
-        return
-    _, result_pointer = pointer_names(job.field_name)
-    model._base_manager.filter(pk=job.object_id).filter(
-        Q(**{f"{result_pointer}__isnull": True}) | Q(**{f"{result_pointer}__lt": job.pk})
-    ).update(**{result_pointer: job.pk})
 
 
 def supersede_older(job: RemovalJob) -> list[int]:
@@ -173,36 +201,19 @@ def supersede_older(job: RemovalJob) -> list[int]:
         .exclude(pk=job.pk)
         .values_list("pk", flat=True)
     )
-    for old_id in older:
-        RemovalJob.objects.transition(
-            old_id,
-            UNFINISHED,
-            JobStatus.SUPERSEDED,
-            superseded_by_id=job.pk,
-            updated_at=now,
-        )
-        settle_waiters(old_id)
+    if older:
+        transition(older, UNFINISHED, JobStatus.SUPERSEDED, superseded_by_id=job.pk, updated_at=now)
     return older
 
 
-def settle_waiters(original_id: int) -> int:
-    """Settle the jobs waiting on ``original_id`` that its current state allows. Returns how many
-    moved."""
+def settle_waiters(original_ids: int | list[int]) -> int:
+    """Settle the jobs waiting on ``original_ids`` that their current state allows. Returns how
+    many moved."""
+    ids = original_ids if isinstance(original_ids, list) else [original_ids]
     waiting = RemovalJob.objects.filter(
-        duplicate_of_id=original_id, status=JobStatus.WAITING
+        duplicate_of_id__in=ids, status=JobStatus.WAITING
     ).values_list("pk", flat=True)
     return sum(settle_waiter(job_id) for job_id in list(waiting))
-
-
-def record_source_file(job_id: int, file_id: str, file_path: str) -> None:
-    """Name the file at ImageKit that job ``job_id`` uploaded, on it and on the identical jobs
-    that took its result before the file was known (a result that came before the upload's
-    answer), where none is recorded yet."""
-    if not file_id:
-        return
-    fields = {"file_id": file_id[:100], "file_path": file_path[:500]}
-    RemovalJob.objects.filter(pk=job_id, file_id="").update(**fields)
-    RemovalJob.objects.filter(duplicate_of_id=job_id, file_id="").update(**fields)
 
 
 def in_flight(job: RemovalJob) -> bool:
@@ -236,7 +247,7 @@ def settle_waiter(job_id: int) -> bool:
     ):
         fields = {name: getattr(original, name) for name in RESULT_FIELDS}
         fields["file_id"] = original.file_id
-        if RemovalJob.objects.transition(job.pk, [JobStatus.WAITING], JobStatus.RECEIVED, **fields):
+        if transition(job.pk, [JobStatus.WAITING], JobStatus.RECEIVED, **fields):
             queueing.enqueue_on_commit(queueing.FINALIZE, job.pk)
             return True
         return False
@@ -252,7 +263,7 @@ def settle_waiter(job_id: int) -> bool:
             error_details=original.error_details,
         )
     if gone and not in_flight(original):
-        if RemovalJob.objects.transition(
+        if transition(
             job.pk,
             [JobStatus.WAITING],
             JobStatus.QUEUED,

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Mapping
-from typing import Any
 
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
-from django.db import connections, models, router
+from django.db import models
 from django.utils import timezone
 
-from . import statements
 from .options import RemoveBgOptions
 
 
@@ -82,83 +79,6 @@ class RemovalJobQuerySet(models.QuerySet):
     def unfinished(self) -> RemovalJobQuerySet:
         return self.filter(status__in=UNFINISHED)
 
-    def insert(self, **values: Any) -> RemovalJob:
-        """A new job from ``values`` (the other fields at their defaults), INSERTed with one
-        statement built once per database and set of fields, and returned saved.
-
-        The save path's hot spot: the ORM's own insert compiles every one of the job's columns
-        on each call, which was most of what the field added to a save. No pre_save/post_save
-        signals are sent for the job (they are not part of this app's API)."""
-        return statements.insert_new(self.model, values, using=self._db)
-
-    def peek(self, pk: int, field_names: tuple[str, ...]) -> RemovalJob | None:
-        """Job ``pk`` with only ``field_names`` loaded, read with one statement built once per
-        database, plus ``has_waiters``: whether jobs are waiting on it (``duplicate_of``).
-        The webhook's read for every delivery, repeats included, where the ORM's compilation
-        of the query cost more than the query."""
-        alias = self._db or router.db_for_read(self.model)
-        row = statements.select_with_waiters(
-            connections[alias], self.model, pk, field_names, waiting=JobStatus.WAITING.value
-        )
-        if row is None:
-            return None
-        # Text columns only (``field_names`` are CharFields): no converter to apply.
-        job = self.model.from_db(alias, ("id", *field_names), list(row[:-1]))
-        job.has_waiters = bool(row[-1])
-        return job
-
-    def _fits_a_prepared_update(
-        self, changes: Mapping[str, Any], expect: Mapping[str, Any]
-    ) -> bool:
-        """Whether a move can run as ``statements.update_where`` (built once per shape: the ORM's
-        compilation of a twenty-column UPDATE cost more than running it, on every move of every
-        job). The ORM does the rest: a filtered queryset, a value that is a model or an
-        expression, and an expected NULL (which needs ``IS NULL``)."""
-        if self.query.where or any(v is None for v in expect.values()):
-            return False
-        return not any(
-            isinstance(v, models.Model) or hasattr(v, "resolve_expression")
-            for v in (*changes.values(), *expect.values())
-        )
-
-    def transition(
-        self,
-        pk: int,
-        sources: Iterable[str],
-        target: str,
-        *,
-        lease: int | None = None,
-        expect: Mapping[str, Any] | None = None,
-        **changes: Any,
-    ) -> bool:
-        """Move job ``pk`` from one of ``sources`` to ``target`` in one UPDATE.
-
-        The database decides the race: of two workers (or a worker and a webhook) trying the
-        same move, exactly one sees a row count of 1. With ``lease``, only the holder of that
-        token may move the job: a worker that reconcile replaced (its lease expired) loses even
-        when the status still matches. Every move hands out a new token, so whoever held the old
-        one can no longer move the job. With ``expect`` ({field: value}), only while those
-        fields still hold those values: a decision made from an unlocked read is applied only if
-        what it was made from is unchanged. Returns whether this caller won."""
-        changes.setdefault("updated_at", timezone.now())
-        changes.setdefault("lease_token", 0)
-        if "lease_expires_at" not in changes and not changes["lease_token"]:
-            changes["lease_expires_at"] = None
-        if target in FINISHED:
-            changes.setdefault("finished_at", changes["updated_at"])
-        sources, expect = list(sources), expect or {}
-        if self._fits_a_prepared_update(changes, expect):
-            alias = self._db or router.db_for_write(self.model)
-            return statements.update_where(
-                connections[alias], self.model, pk, sources, target, lease, expect, changes
-            )
-        qs = self.filter(pk=pk, status__in=sources)
-        if lease is not None:
-            qs = qs.filter(lease_token=lease)
-        if expect:
-            qs = qs.filter(**expect)
-        return bool(qs.update(status=target, **changes))
-
 
 def _removal_field_names(model: type[models.Model]) -> list[str]:
     return [f.name for f in model._meta.fields if getattr(f, "removes_background", False)]
@@ -210,7 +130,8 @@ class RemovalJob(models.Model):
     # sha256 of the source content and the options: identical work has the same key.
     content_key = models.CharField(max_length=64, blank=True)
 
-    # ImageKit's side.
+    # ImageKit's side. Where the upload goes (folder/name), fixed before the first attempt.
+    upload_path = models.CharField(max_length=600, blank=True)
     file_id = models.CharField(max_length=100, blank=True)  # ikbg_job_file_idx, partial
     file_path = models.CharField(max_length=500, blank=True)
     source_version_id = models.CharField(max_length=100, blank=True)
@@ -407,9 +328,3 @@ class DailyUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day}: {self.requests} removal request(s)"
-
-
-def next_job_id(connection: Any) -> models.Expression | None:
-    """``statements.next_id`` for RemovalJob: the id a new object's INSERT draws for its
-    ``<field>_removal`` pointer, so that the object needs no second write."""
-    return statements.next_id(connection, RemovalJob)

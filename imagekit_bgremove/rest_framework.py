@@ -29,9 +29,9 @@ Three pieces make that work on your own serializer and viewset::
 - :class:`BackgroundRemovalField` takes the image upload (multipart) like an ``ImageField`` and
   renders ``{"url", "status", "status_display", "finished", "result_url", "result_file_url",
   "error", "job", "job_id"}``: the original, where its latest removal stands and the cut-out.
-  It reads the ``<field>_removal`` and ``<field>_result`` foreign keys: list views
-  ``select_related`` them (the mixin does; elsewhere :func:`with_removal_state`), so rendering
-  costs no query per row.
+  It reads the object's state from the jobs (``imagekit_bgremove.state``): a list costs two
+  queries per page, not one per row, when its objects go through
+  :func:`~imagekit_bgremove.state.prefetch_removal_state` (the mixin does it for ``list``).
 - :class:`RemovalOptionsField`, named ``<image field>_options``, takes the remove-bg options for
   the image uploaded in the same request (an object, or a JSON string in multipart); they apply
   to the removal that saving the image requests.
@@ -41,7 +41,7 @@ Three pieces make that work on your own serializer and viewset::
   the body and ``Location``), and the viewset's own permission classes, object-level ones
   included (``get_object()`` runs ``check_object_permissions``). It throttles the requests that
   start paid work (scope ``imagekit_bgremove``), answers 401 with ``WWW-Authenticate`` and 413
-  for oversized bodies, and ``select_related``\\ s the pointers.
+  for oversized bodies.
 
 Job URLs point at this app's jobs API (``include("imagekit_bgremove.urls")``), where a
 front-end polls the job with ``If-None-Match`` (304 while nothing changed).
@@ -82,6 +82,7 @@ from .api_schema import OpenApiExample, extend_schema
 from .conf import app_settings
 from .models import JobStatus, Trigger
 from .options import OptionsError
+from .state import prefetch_removal_state
 
 __all__ = [
     "BackgroundRemovalField",
@@ -91,24 +92,15 @@ __all__ = [
     "RemovalOptionsField",
     "RemovalRateThrottle",
     "StrictFieldsMixin",
-    "with_removal_state",
 ]
 
 #: Where RemovalOptionsField leaves the options on the uploaded file until the model is saved.
 UPLOAD_OPTIONS_ATTR = "_imagekit_bgremove_options"
+UPLOAD_USER_ATTR = "_imagekit_bgremove_user"
 
 
 def removal_fields(model: type[models.Model]) -> list[Any]:
     return [f for f in model._meta.fields if getattr(f, "removes_background", False)]
-
-
-def with_removal_state(queryset: models.QuerySet) -> models.QuerySet:
-    """``queryset`` with the latest job and the latest success of every removal field joined,
-    so that :class:`BackgroundRemovalField` renders each row without a query."""
-    related = []
-    for field in removal_fields(queryset.model):
-        related += [field.removal_field_name, field.result_field_name]
-    return queryset.select_related(*related) if related else queryset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +143,12 @@ class BackgroundRemovalField(serializers.ImageField):
         size = getattr(data, "size", None)
         if limit and isinstance(size, int) and size > limit:
             raise PayloadTooLarge(f"The image is {size} bytes; the limit is {limit}.")
-        return super().to_internal_value(data)
+        upload = super().to_internal_value(data)
+        request = self.context.get("request")
+        if request is not None:
+            # The removal the save requests is recorded as this user's.
+            setattr(upload, UPLOAD_USER_ATTR, request.user)
+        return upload
 
     def to_representation(self, value: Any) -> dict[str, Any] | None:
         if not value or not getattr(value, "name", None):
@@ -225,8 +222,9 @@ class RemovalOptionsField(OptionsField):
 
 
 def _carry_upload_options(sender: type, instance: models.Model, raw: bool = False, **_: Any):
-    """Before a save: options a RemovalOptionsField left on an uploaded image become the
-    field's ``next_removal_options``, which the removal that this save requests uses."""
+    """Before a save: options a RemovalOptionsField left on an uploaded image, and the user who
+    uploaded it, become the field's ``next_removal_options`` and ``next_removal_user``, which
+    the removal that this save requests uses."""
     if raw:
         return
     for field in _fields_of(sender):
@@ -239,6 +237,9 @@ def _carry_upload_options(sender: type, instance: models.Model, raw: bool = Fals
         options = getattr(upload, UPLOAD_OPTIONS_ATTR, None)
         if options is not None:
             getattr(instance, field.attname).next_removal_options = options
+        user = getattr(upload, UPLOAD_USER_ATTR, None)
+        if user is not None:
+            getattr(instance, field.attname).next_removal_user = user
 
 
 _FIELDS: dict[type, tuple[Any, ...]] = {}
@@ -292,8 +293,11 @@ class BackgroundRemovalViewSetMixin(RemovalAPIViewMixin):
         upload = int(app_settings.MAX_UPLOAD_BYTES or 0)
         return upload + int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0) if upload else None
 
-    def get_queryset(self):
-        return with_removal_state(super().get_queryset())
+    def get_serializer(self, *args, **kwargs):
+        if kwargs.get("many") and args:
+            # A page of objects: their removal state in two queries, not one per row.
+            args = (prefetch_removal_state(args[0]), *args[1:])
+        return super().get_serializer(*args, **kwargs)
 
     def starts_paid_work(self) -> bool:
         if super().starts_paid_work():

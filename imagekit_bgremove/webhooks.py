@@ -5,11 +5,11 @@ an ImageKit signature, when present or required, must verify. The body only says
 the result's bytes are later fetched from ImageKit's API, not from a URL in the body (see
 ``services.finalize``).
 
-What it stores: a request that is refused, or that repeats a result already recorded, is only
-counted (``WebhookCount``: one row per kind and minute, however many requests), so a flood costs
-bounded storage. An authenticated callback that is acted upon gets a ``WebhookDelivery`` row
-with its verdict, in the transaction that applies it; when applying fails, that is rolled back
-and the delivery is recorded on its own, with the error.
+What it stores: a request that is refused, repeated or ignored is only counted (``WebhookCount``:
+one row per kind and minute, however many requests), so a flood costs bounded storage. A
+callback that changes a job gets a ``WebhookDelivery`` row with its verdict, in the transaction
+that applies it; when applying fails, that is rolled back and the delivery is recorded on its
+own, with the error.
 
 =====================================  ======  ===========================================
 check                                  status  kept
@@ -21,8 +21,8 @@ missing when required
 body not JSON (or nested too deep),    400     counted (malformed)
 not an object, not a remove-bg
 callback of the documented shape
-a result already recorded              200     counted (duplicate)
-accepted or ignored                    200     delivery row
+repeated, or ignored (changes nothing)  200     counted (duplicate / ignored)
+accepted (changes a job)               200     delivery row
 anything unexpected (bug, DB error)    500     delivery row (ImageKit retries for 24 h)
 =====================================  ======  ===========================================
 
@@ -39,7 +39,8 @@ import logging
 from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
-from django.db import connections, router, transaction
+from django.db import connections, transaction
+from django.db.models import F
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -51,7 +52,6 @@ from rest_framework.views import APIView
 from . import services, signatures, tokens
 from .conf import app_settings
 from .models import DeliveryVerdict, RemovalJob, WebhookCount, WebhookDelivery
-from .statements import insert_row
 
 logger = logging.getLogger(__name__)
 
@@ -185,24 +185,6 @@ class ImageKitWebhookView(APIView):
         except services.CallbackError as exc:
             return self._refuse(django_request, 400, "malformed", str(exc))
 
-        # ImageKit repeats callbacks (it retries for 24 h): a repeat of a result that is already
-        # recorded is answered from one read and counted, not stored. A first SUCCESS is
-        # applied from the same read (see services.results).
-        try:
-            seen = services.read_for_callback(job_id, callback)
-        except Exception:
-            # Database trouble: the full path below deals with it and records it.
-            seen = services.CallbackRead(None)
-        known = seen.duplicate_version
-        if known is not None:
-            _count(django_request, "duplicate")
-            return _reply(
-                200,
-                DeliveryVerdict.DUPLICATE,
-                f"Result version {known} of job #{job_id} is already recorded.",
-                job=job_id,
-            )
-
         delivery = WebhookDelivery(
             received_at=timezone.now(),
             remote_addr=_remote_addr(django_request),
@@ -215,33 +197,36 @@ class ImageKitWebhookView(APIView):
             delivery.signature_scheme = verified.scheme
         elif signatures.has_signature(django_request.headers):
             delivery.signature_scheme = "unchecked"  # signed, but no secret configured to check
-        return self._process(delivery, job_id, callback, signed=verified is not None, seen=seen.job)
+        return self._process(
+            django_request, delivery, job_id, callback, signed=verified is not None
+        )
 
     def _process(
         self,
+        request: HttpRequest,
         delivery: WebhookDelivery,
         job_id: int,
         callback: Any,
         *,
         signed: bool,
-        seen: RemovalJob | None = None,
     ) -> JsonResponse:
-        """Apply the callback and record the delivery with its verdict in one transaction: one
-        commit per callback. If anything fails, that transaction is rolled back as a whole and
-        the delivery is recorded on its own with the error (a crash records nothing, but then
-        ImageKit gets no 200 and delivers again)."""
+        """Apply the callback and, when it changed a job, record the delivery with its verdict in
+        the same transaction: one commit per callback. A callback that changed nothing (a
+        repeat, or one that is ignored) is only counted. If anything fails, that transaction is
+        rolled back as a whole and the delivery is recorded on its own with the error (a crash
+        records nothing, but then ImageKit gets no 200 and delivers again)."""
 
         def record(outcome: Any) -> None:
+            if not outcome.changed:
+                return
             delivery.verdict, delivery.status_code = str(outcome.verdict), 200
             delivery.outcome = outcome.message
             delivery.job_id = outcome.job.pk if outcome.job else None
-            insert_row(delivery)
+            delivery.save(force_insert=True)
 
         try:
-            # One transaction: the job moved (guarded by what was read, or locked) and recorded.
-            outcome = services.apply_parsed_callback(
-                job_id, callback, signed=signed, then=record, seen=seen
-            )
+            # One transaction: the job locked, decided, moved and the delivery recorded.
+            outcome = services.apply_parsed_callback(job_id, callback, signed=signed, then=record)
         except Exception as exc:
             logger.exception("webhook delivery for job %s failed", job_id)
             # A fresh row: the rolled-back INSERT may have given this one a pk and an outcome.
@@ -255,6 +240,8 @@ class ImageKitWebhookView(APIView):
             except Exception:
                 logger.exception("could not record webhook delivery for job %s", job_id)
             return _reply(500, DeliveryVerdict.ERROR, "processing failed; ImageKit will retry")
+        if not outcome.changed:
+            _count(request, str(outcome.verdict))
         return _reply(200, str(outcome.verdict), outcome.message, job=job_id)
 
     def _refuse(
@@ -268,25 +255,17 @@ class ImageKitWebhookView(APIView):
 
 
 def _count(request: HttpRequest, kind: str) -> None:
-    """Add one to this minute's count of ``kind`` in one statement (an upsert, on SQLite and
-    PostgreSQL alike); never raises: a count is not worth a 500."""
+    """Add one to this minute's count of ``kind``; never raises: a count is not worth a 500."""
     minute = timezone.now().replace(second=0, microsecond=0)
-    table = WebhookCount._meta.db_table
+    addr = _remote_addr(request)
+    this_minute = WebhookCount.objects.filter(minute=minute, kind=kind)
     try:
-        connection = connections[router.db_for_write(WebhookCount)]
-        quote = connection.ops.quote_name
-        t, minute_col, kind_col, count_col, addr_col = map(
-            quote, (table, "minute", "kind", "count", "last_remote_addr")
-        )
-        # Only our own table and column names are formatted in, quoted by the backend.
-        sql = (
-            f"INSERT INTO {t} ({minute_col}, {kind_col}, {count_col}, {addr_col}) "  # noqa: S608
-            f"VALUES (%s, %s, 1, %s) ON CONFLICT ({minute_col}, {kind_col}) DO UPDATE SET "
-            f"{count_col} = {t}.{count_col} + 1, {addr_col} = excluded.{addr_col}"
-        )
-        minute_value = WebhookCount._meta.get_field("minute").get_db_prep_value(minute, connection)
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [minute_value, kind, _remote_addr(request)])
+        if not this_minute.update(count=F("count") + 1, last_remote_addr=addr):
+            # The minute's first: the unique key lets one of two concurrent creators win.
+            WebhookCount.objects.bulk_create(
+                [WebhookCount(minute=minute, kind=kind, count=0)], ignore_conflicts=True
+            )
+            this_minute.update(count=F("count") + 1, last_remote_addr=addr)
     except Exception:
         logger.exception("could not count a webhook request (%s)", kind)
 

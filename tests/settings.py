@@ -67,6 +67,14 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF",
     )
 
+# A second database for a model the router puts there (tests/routers.py): its jobs stay in default.
+DATABASES["other"] = {**DATABASES["default"], "TEST": {**DATABASES["default"].get("TEST", {})}}
+if DATABASES["other"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["other"]["TEST"]["NAME"] = DATABASES["default"]["TEST"]["NAME"] + "-other"
+else:
+    DATABASES["other"]["TEST"]["NAME"] = f"test_{DATABASES['default']['NAME']}_other"
+DATABASE_ROUTERS = ["tests.routers.PosterRouter"]
+
 TASKS = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
 try:
     import django.tasks  # noqa: F401
@@ -83,8 +91,6 @@ IMAGEKIT_BGREMOVE = {
     # Nothing listens there: tests that reach ImageKit use the fake (imagekit_bgremove.testing)
     # or the emulator fixtures, which set their own URLs.
     "EMULATOR_URL": "http://127.0.0.1:9",
-    # Tests see the tasks of a commit run when it ends (tests/test_queueing.py covers the thread).
-    "ENQUEUE_IN_BACKGROUND": False,
     "RETRY_BACKOFF": 0.01,
     "RETRY_BACKOFF_MAX": 0.05,
 }

@@ -86,17 +86,17 @@ def staff(client):
     return user
 
 
-def job_for(product: Product, *, point: bool = False, **changes) -> RemovalJob:
-    """A job of ``product.photo``; with ``point`` also its ``photo_removal`` (the latest job)."""
+def job_for(product: Product, **changes) -> RemovalJob:
+    """A job of ``product.photo`` (the latest, being the newest)."""
     changes.setdefault("source_name", product.photo.name or "")
+    # Requested for the image the product holds (a save's job would mark a new image).
+    changes.setdefault("trigger", Trigger.ADMIN)
     job = RemovalJob.objects.create(
         content_type=ContentType.objects.get_for_model(Product),
         object_id=str(product.pk),
         field_name="photo",
         **changes,
     )
-    if point:
-        Product.objects.filter(pk=product.pk).update(photo_removal=job)
     return job
 
 
@@ -104,7 +104,6 @@ def succeeded(product: Product, *, options=None, **changes) -> RemovalJob:
     """A succeeded job that is both the latest job and the latest result of the product."""
     changes.setdefault("result_url", f"https://ik.example/{product.name}.png")
     job = job_for(product, status=JobStatus.SUCCEEDED, options=options or dict(DEFAULTS), **changes)
-    Product.objects.filter(pk=product.pk).update(photo_removal=job, photo_result=job)
     return job
 
 
@@ -154,7 +153,7 @@ def test_changelist_shows_original_result_and_badge(client, staff):
 def test_last_good_result_stays_visible_while_a_new_job_runs_and_after_it_fails(client, staff):
     mug = make_product("mug")
     good = succeeded(mug)
-    newer = job_for(mug, point=True, status=JobStatus.PENDING, options={"bg_color": "0000ff"})
+    newer = job_for(mug, status=JobStatus.PENDING, options={"bg_color": "0000ff"})
     html = client.get(CHANGELIST).content.decode()
     row = rows_of(html, [mug])[mug.pk]
     assert 'src="https://ik.example/mug.png"' in row and "ikbg-previous" in row
@@ -183,8 +182,8 @@ def test_list_filter_by_removal_state(client, staff):
     done, running, failed = (make_product(n) for n in ("done", "running", "failed"))
     make_product("never")
     succeeded(done)
-    job_for(running, point=True, status=JobStatus.QUEUED)
-    job_for(failed, point=True, status=JobStatus.FAILED)
+    job_for(running, status=JobStatus.QUEUED)
+    job_for(failed, status=JobStatus.FAILED)
 
     def names(query):
         response = client.get(f"{CHANGELIST}?photo_removal_state={query}")
@@ -211,10 +210,10 @@ def test_changelist_queries_do_not_grow_with_rows(client, staff, django_assert_m
     def add(name):
         good = make_product(name)
         succeeded(good)
-        job_for(good, point=True, status=JobStatus.PENDING)  # running after a success
+        job_for(good, status=JobStatus.PENDING)  # running after a success
         make_product(f"{name}-never-removed")
         failed = make_product(f"{name}-failed")
-        job_for(failed, point=True, status=JobStatus.FAILED, error_message="nope")
+        job_for(failed, status=JobStatus.FAILED, error_message="nope")
         make_product(f"{name}-no-image", image=False)
 
     add("first")
@@ -233,7 +232,7 @@ def test_changelist_queries_do_not_grow_with_rows(client, staff, django_assert_m
 
 def test_status_view_answers_the_cells_and_whether_they_are_unfinished(client, staff):
     mug, cup = make_product("mug"), make_product("cup")
-    job = job_for(mug, point=True, status=JobStatus.PENDING)
+    job = job_for(mug, status=JobStatus.PENDING)
     response = client.get(
         "/admin/testapp/product/removal-status/",
         {"kind": "cell", "pk": [mug.pk, cup.pk, 999]},
@@ -248,7 +247,6 @@ def test_status_view_answers_the_cells_and_whether_they_are_unfinished(client, s
     RemovalJob.objects.filter(pk=job.pk).update(
         status=JobStatus.SUCCEEDED, result_url="https://ik.example/m.png"
     )
-    Product.objects.filter(pk=mug.pk).update(photo_result=job)
     data = client.get(
         "/admin/testapp/product/removal-status/", {"kind": "preview", "pk": mug.pk}
     ).json()
@@ -274,7 +272,7 @@ def test_status_view_needs_the_admin_and_the_view_permission(client):
 def test_status_view_queries_do_not_grow_with_objects(client, staff, django_assert_max_num_queries):
     products = [make_product(f"p{i}") for i in range(8)]
     for p in products:
-        job_for(p, point=True, status=JobStatus.PENDING)
+        job_for(p, status=JobStatus.PENDING)
     url = "/admin/testapp/product/removal-status/?kind=cell&pk=" + str(products[0].pk)
     one = count_queries(client, url)
     many = url + "".join(f"&pk={p.pk}" for p in products)
@@ -327,6 +325,8 @@ def test_action_form_shows_option_errors(client, staff):
     assert response.status_code == 200
     form = response.context["form"]
     assert "bg_color" in form.errors and "hex colour" in form.errors["bg_color"][0]
+    # Staff read the form's labels, not the API's option names.
+    assert form.errors["bg_color"][0].startswith("Background colour must be")
     assert "Please correct the error below." in response.content.decode()
     assert not RemovalJob.objects.exists()
 
@@ -339,7 +339,8 @@ def test_action_form_shows_option_errors(client, staff):
         bg_image_url="https://example.com/bg.jpg",
     )
     assert response.status_code == 200
-    assert "cannot both be set" in str(response.context["form"].non_field_errors())
+    errors = response.context["form"].non_field_errors()
+    assert errors == ["Background colour and Background image URL cannot both be set; choose one."]
 
 
 def test_action_queues_one_job_per_object_and_says_what_it_skipped(client, staff):
@@ -428,7 +429,7 @@ def test_change_form_preview_buttons_and_history(client, staff):
         options={"bg_color": "zzz"},
     )
     good = succeeded(product, trigger=Trigger.ADMIN, requested_by=staff)
-    running = job_for(product, point=True, status=JobStatus.PENDING, options={"bg_color": "0000ff"})
+    running = job_for(product, status=JobStatus.PENDING, options={"bg_color": "0000ff"})
     html = client.get(f"{CHANGELIST}{product.pk}/change/").content.decode()
     # The preview: original and the last good cut-out side by side, the new state as a badge.
     assert f'src="{product.photo.url}"' in html and 'src="https://ik.example/mug.png"' in html
@@ -455,7 +456,6 @@ def test_change_form_of_a_failed_job_shows_retry_and_the_error(client, staff):
     product = make_product("mug")
     job_for(
         product,
-        point=True,
         status=JobStatus.FAILED,
         error_code="source_missing",
         error_message="The original is missing.",
@@ -474,7 +474,7 @@ def test_change_page_queries_do_not_grow_with_jobs(client, staff, django_assert_
     queries = count_queries(client, url)
     for i in range(25):
         job_for(product, status=JobStatus.FAILED, error_message=f"failure {i}", requested_by=staff)
-    job_for(product, point=True, status=JobStatus.PENDING)
+    job_for(product, status=JobStatus.PENDING)
     with django_assert_max_num_queries(queries + 1):  # + the count of all jobs past the first 10
         html = client.get(url).content.decode()
     assert "All 27 jobs" in html
@@ -498,6 +498,7 @@ def test_options_at_upload_time_on_the_add_form(client, staff, run_on_commit, du
     assert response.status_code == 302, response.context["adminform"].form.errors
     job = RemovalJob.objects.get()
     assert (job.status, job.trigger) == (JobStatus.QUEUED, Trigger.SAVE)
+    assert job.requested_by == staff  # the user who uploaded it
     assert job.options == {
         "add_shadow": True,
         "semitransparency": False,
@@ -516,6 +517,7 @@ def test_upload_options_are_validated_on_the_form(client, staff):
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
     assert "hex colour" in errors["ikbg_photo_bg_color"][0]
+    assert "bg_color" not in errors["ikbg_photo_bg_color"][0]
     assert not Product.objects.exists()
 
 
@@ -532,7 +534,7 @@ def test_changed_options_without_a_new_image_send_nothing_and_say_so(client, sta
 
 def test_view_only_user_gets_no_buttons_and_no_option_fields(client):
     product = make_product("mug")
-    job_for(product, point=True, status=JobStatus.FAILED)
+    job_for(product, status=JobStatus.FAILED)
     user = User.objects.create_user("viewer", password="x", is_staff=True)
     user.user_permissions.add(
         Permission.objects.get(codename="view_product", content_type__app_label="testapp")
@@ -560,7 +562,6 @@ def test_retry_page_prefills_the_failed_options_and_says_to_change_them(client, 
     product = make_product("mug")
     failed = job_for(
         product,
-        point=True,
         status=JobStatus.FAILED,
         error_code="removal_failed",
         error_message="ImageKit could not remove the background: bg_color is not supported. "
@@ -604,9 +605,7 @@ def test_job_admin_is_read_only_and_refuses_a_change_post(client, staff):
 def test_job_list_links_a_failed_job_to_its_retry_and_filters_them_apart(client, staff):
     product = make_product("mug")
     failed = job_for(product, status=JobStatus.FAILED, error_message="boom")
-    retry = job_for(
-        product, point=True, status=JobStatus.QUEUED, retry_of=failed, trigger=Trigger.RETRY
-    )
+    retry = job_for(product, status=JobStatus.QUEUED, retry_of=failed, trigger=Trigger.RETRY)
     still = job_for(make_product("cup"), status=JobStatus.FAILED, error_message="still broken")
     html = client.get(JOBS).content.decode()
     assert (
@@ -697,9 +696,38 @@ def test_job_admin_retry_action_budget_exhausted_is_a_clear_message(client, staf
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "DAILY_REMOVAL_LIMIT": 1}
     DailyUsage.objects.create(day=budget.today(), requests=1)
     job = job_for(make_product("mug"), status=JobStatus.FAILED)
-    response = client.post(JOBS, {"action": "retry_failed", ACTION_CHECKBOX_NAME: [str(job.pk)]})
+    other = job_for(make_product("cup"), status=JobStatus.FAILED)
+    response = client.post(
+        JOBS, {"action": "retry_failed", ACTION_CHECKBOX_NAME: [str(job.pk), str(other.pk)]}
+    )
     assert any("daily budget of 1 background removals is spent" in m for m in messages_of(response))
+    assert not RemovalJob.objects.filter(retry_of__in=[job, other]).exists()
+
+
+def test_retry_action_on_one_job_opens_its_options_page(client, staff):
+    job = job_for(make_product("mug"), status=JobStatus.FAILED)
+    response = client.post(JOBS, {"action": "retry_failed", ACTION_CHECKBOX_NAME: [str(job.pk)]})
+    assert response.status_code == 302
+    assert response["Location"] == f"{JOBS}{job.pk}/retry/"
     assert not RemovalJob.objects.filter(retry_of=job).exists()
+
+
+def test_retry_action_leaves_jobs_whose_options_would_fail_again(client, staff):
+    doomed = job_for(
+        make_product("mug"),
+        status=JobStatus.FAILED,
+        error_code="invalid_options",
+        error_message="The remove-bg options are invalid: x. Change the options.",
+    )
+    transient = job_for(make_product("cup"), status=JobStatus.FAILED, error_message="timeout")
+    response = client.post(
+        JOBS,
+        {"action": "retry_failed", ACTION_CHECKBOX_NAME: [str(doomed.pk), str(transient.pk)]},
+    )
+    assert RemovalJob.objects.filter(retry_of=transient).exists()
+    assert not RemovalJob.objects.filter(retry_of=doomed).exists()
+    warning = next(m for m in messages_of(response) if "would fail again" in m)
+    assert f'<a href="{JOBS}{doomed.pk}/retry/">#{doomed.pk}</a>' in warning
 
 
 def test_job_admin_lists_objects_and_deleted_ones(client, staff):
@@ -714,9 +742,20 @@ def test_job_admin_lists_objects_and_deleted_ones(client, staff):
 
 
 def reconcile_now(client, job):
-    return client.post(
-        JOBS, {"action": "reconcile_now", ACTION_CHECKBOX_NAME: [str(job.pk)]}, follow=True
+    # An object tool of the jobs list, POSTed with no job selected.
+    assert (
+        'action="/admin/imagekit_bgremove/removaljob/reconcile/"'
+        in client.get(JOBS).content.decode()
     )
+    return client.post(f"{JOBS}reconcile/", follow=True)
+
+
+def test_reconcile_now_is_a_post_for_those_allowed(client, staff, dummy_tasks):
+    assert client.get(f"{JOBS}reconcile/").status_code == 405
+    assert '"reconcile_now"' not in client.get(JOBS).content.decode()  # no longer an action
+    staff.is_superuser = False
+    staff.save()
+    assert client.post(f"{JOBS}reconcile/").status_code == 403
 
 
 def test_job_admin_reconcile_now(client, staff, monkeypatch):
@@ -798,7 +837,7 @@ def test_delivery_admin_is_read_only(client, staff):
 def test_every_image_has_alt_text_and_every_badge_has_text(client, staff):
     mug, cup = make_product("mug"), make_product("cup")
     succeeded(mug)
-    job_for(cup, point=True, status=JobStatus.FAILED, error_message="nope")
+    job_for(cup, status=JobStatus.FAILED, error_message="nope")
     pages = [
         CHANGELIST,
         f"{CHANGELIST}{mug.pk}/change/",
@@ -842,3 +881,47 @@ def test_badge_colours_keep_white_text_readable():
 def test_status_json_is_json(client, staff):
     response = client.get("/admin/testapp/product/removal-status/")
     assert json.loads(response.content) == {"objects": {}, "unfinished": 0}
+
+
+def test_delivery_page_shows_the_headers_once(client, staff):
+    delivery = WebhookDelivery.objects.create(
+        verdict=DeliveryVerdict.ACCEPTED, status_code=200, body="{}", headers={"x-test": "1"}
+    )
+    html = client.get(f"/admin/imagekit_bgremove/webhookdelivery/{delivery.pk}/change/")
+    html = html.content.decode()
+    assert len(re.findall(r"<label>Headers:</label>", html, re.IGNORECASE)) == 1
+    assert "<code>1</code>" in html
+
+
+def test_cancel_a_running_job_from_the_object_page_and_the_job_page(client, staff):
+    product = make_product("mug")
+    job = job_for(product, status=JobStatus.PENDING)
+    change = f"{CHANGELIST}{product.pk}/change/"
+    html = client.get(change).content.decode()
+    cancel = f"{JOBS}{job.pk}/cancel/"
+    assert f'action="{cancel}"' in html
+    assert client.get(cancel).status_code == 405
+    response = client.post(cancel, {"next": change})
+    assert response.status_code == 302 and response["Location"] == change
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED and job.error_message == "Cancelled by admin."
+    assert f'action="{cancel}"' not in client.get(change).content.decode()
+    assert f'action="{cancel}"' not in client.get(f"{JOBS}{job.pk}/change/").content.decode()
+    # Too late now: said so, nothing changes; and a foreign "next" is not followed.
+    response = client.post(cancel, {"next": "https://evil.example/"}, follow=True)
+    assert response.redirect_chain[-1][0] == f"{JOBS}{job.pk}/change/"
+    assert any("only a queued, waiting or pending" in m for m in messages_of(response))
+
+    queued = job_for(make_product("cup"), status=JobStatus.QUEUED)
+    assert f"{JOBS}{queued.pk}/cancel/" in client.get(f"{JOBS}{queued.pk}/change/").content.decode()
+
+
+def test_cancel_needs_the_change_permission_on_the_object(client):
+    job = job_for(make_product("mug"), status=JobStatus.QUEUED)
+    user = User.objects.create_user("clerk", password="x", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename="view_removaljob"))
+    client.force_login(user)
+    assert "/cancel/" not in client.get(f"{JOBS}{job.pk}/change/").content.decode()
+    assert client.post(f"{JOBS}{job.pk}/cancel/").status_code == 403
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED

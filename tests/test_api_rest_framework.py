@@ -27,7 +27,6 @@ from imagekit_bgremove.rest_framework import (
     BackgroundRemovalViewSetMixin,
     RemovalOptionsField,
     StrictFieldsMixin,
-    with_removal_state,
 )
 from tests.helpers import image_bytes
 from tests.testapp.models import Product
@@ -128,6 +127,15 @@ def test_upload_without_options_uses_the_field_defaults(api):
     assert Product.objects.get().photo.removal.options["bg_color"] == "ffffff"
 
 
+def test_an_upload_records_who_uploaded_it(api, user):
+    assert create(api).status_code == 201
+    assert Product.objects.get().photo.removal.requested_by == user
+    # A later save in code, with no request, records nobody.
+    product = Product.objects.get()
+    product.photo.save("again.png", SimpleUploadedFile("x.png", image_bytes(seed=3)))
+    assert product.photo.removal.requested_by is None
+
+
 def test_options_without_a_new_image_are_refused(api):
     response = api.post(
         PRODUCTS, {"name": "plain", "photo_options": {"bg_color": "red"}}, format="json"
@@ -203,7 +211,7 @@ def test_replacing_the_image_with_options(api):
 def test_rendering_of_a_success_and_of_a_failure(api):
     product = stored_product()
     ct = ContentType.objects.get_for_model(Product)
-    done = RemovalJob.objects.create(
+    RemovalJob.objects.create(
         content_type=ct,
         object_id=str(product.pk),
         field_name="photo",
@@ -212,7 +220,6 @@ def test_rendering_of_a_success_and_of_a_failure(api):
         result_url="https://ik.example/mug.png",
         result_name="products/mug_nobg_1.png",
     )
-    Product.objects.filter(pk=product.pk).update(photo_removal=done, photo_result=done)
     photo = api.get(f"{PRODUCTS}{product.pk}/").json()["photo"]
     assert photo["status"] == "succeeded" and photo["finished"] is True
     assert photo["result_url"] == "https://ik.example/mug.png"
@@ -224,10 +231,10 @@ def test_rendering_of_a_success_and_of_a_failure(api):
         object_id=str(product.pk),
         field_name="photo",
         status=JobStatus.FAILED,
+        trigger=Trigger.API,  # for the same image (a save's job would mark a new one)
         source_name=product.photo.name,
         error_message="ImageKit could not find a subject.",
     )
-    Product.objects.filter(pk=product.pk).update(photo_removal=failed)
     photo = api.get(f"{PRODUCTS}{product.pk}/").json()["photo"]
     assert photo["status"] == "failed"
     assert photo["error"] == "ImageKit could not find a subject."
@@ -241,7 +248,7 @@ def test_list_renders_every_row_without_a_query_per_row(api):
     def add(n: int) -> None:
         for i in range(n):
             product = stored_product(f"p{Product.objects.count()}-{i}")
-            job = RemovalJob.objects.create(
+            RemovalJob.objects.create(
                 content_type=ct,
                 object_id=str(product.pk),
                 field_name="photo",
@@ -249,7 +256,6 @@ def test_list_renders_every_row_without_a_query_per_row(api):
                 source_name=product.photo.name,
                 result_name=f"products/{product.pk}_nobg.png",
             )
-            Product.objects.filter(pk=product.pk).update(photo_removal=job, photo_result=job)
 
     add(1)
     with CaptureQueriesContext(connection) as one:
@@ -259,11 +265,6 @@ def test_list_renders_every_row_without_a_query_per_row(api):
         rows = api.get(PRODUCTS).json()
     assert len(rows) == 8 and all(r["photo"]["result_file_url"] for r in rows)
     assert len(eight) == len(one), [q["sql"] for q in eight]
-
-
-def test_with_removal_state_joins_both_pointers():
-    sql = str(with_removal_state(Product.objects.all()).query)
-    assert sql.count("JOIN") == 2
 
 
 # -- remove-background ---------------------------------------------------------------------------

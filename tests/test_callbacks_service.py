@@ -87,7 +87,7 @@ def test_success_copies_the_result_next_to_the_untouched_original(
     stem = product.photo.name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     assert re.fullmatch(rf"products/{stem}_nobg_{job.pk}_[0-9a-f]{{8}}\.png", job.result_name)
 
-    fresh = Product.objects.select_related("photo_removal").get(pk=product.pk)
+    fresh = Product.objects.get(pk=product.pk)
     assert fresh.photo.removal_status == "succeeded"
     assert fresh.photo.result_url == job.result_url
     with fresh.photo.result_file.open("rb") as fh:
@@ -141,7 +141,7 @@ def test_failure_callback_fails_the_job_readably(emulator, run_on_commit, receiv
     assert retried.source_name == job.source_name and retried.options == job.options
 
 
-def test_callback_before_the_file_id_is_stored_still_matches(emulator, run_on_commit):
+def test_a_callback_before_the_job_knows_its_file_is_not_taken(emulator, run_on_commit):
     product, _ = submitted_product(run_on_commit)
     job = RemovalJob.objects.get(pk=product.photo.removal.pk)
     payload = callback_payload(emulator, job)
@@ -151,14 +151,15 @@ def test_callback_before_the_file_id_is_stored_still_matches(emulator, run_on_co
         status=JobStatus.SUBMITTING, file_id="", lease_token=7
     )
     with run_on_commit():
-        assert services.apply_callback(job.pk, payload).verdict == "accepted"
+        outcome = services.apply_callback(job.pk, payload)
+    assert outcome.verdict == "ignored"  # the body alone does not name the job's file
     job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED and job.file_id == file_id
-    # The submit task finishing afterwards cannot move the job; it only records the file fields.
+    assert job.status == JobStatus.SUBMITTING and not job.result_url
+    # The submit task records ImageKit's answer; the check (or a retried callback) then binds it.
     response = {"fileId": file_id, "filePath": "/x.png", "versionInfo": {"id": "v"}}
-    assert submission._record_submission(job, 7, response) == "recorded"
-    job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED
+    assert submission._record_submission(job, 7, response) == "pending"
+    with run_on_commit():
+        assert services.apply_callback(job.pk, payload).verdict == "accepted"
 
 
 def test_superseded_jobs_late_callback_is_ignored(emulator, run_on_commit):
@@ -260,7 +261,7 @@ def test_a_twin_whose_original_never_reached_imagekit_is_sent_on_its_own(
 
     first = Product.objects.create(photo=make_image("one.png", seed=15))
     second = Product.objects.create(photo=make_image("two.png", seed=15))
-    job1, job2 = first.photo_removal, second.photo_removal
+    job1, job2 = first.photo.removal, second.photo.removal
     # Both are being submitted; the first claims the image and is about to upload it.
     RemovalJob.objects.filter(pk__in=[job1.pk, job2.pk]).update(
         status=JobStatus.SUBMITTING, lease_token=7
@@ -358,7 +359,7 @@ def test_the_check_comes_back_less_and_less_often_then_gives_up(
 
     with run_on_commit():
         product = Product.objects.create(photo=make_image("slow.png"))
-    job = RemovalJob.objects.get(pk=Product.objects.get(pk=product.pk).photo_removal_id)
+    job = RemovalJob.objects.get(pk=Product.objects.get(pk=product.pk).photo.removal.pk)
     with run_on_commit():
         services.submit(job.pk)
     job.refresh_from_db()
@@ -402,7 +403,7 @@ def test_full_loop_over_http(live_emulator, received):
     product = Product.objects.create(name="loop", photo=image)  # autocommit: runs on commit
 
     def settled():
-        job = Product.objects.select_related("photo_removal").get(pk=product.pk).photo_removal
+        job = Product.objects.get(pk=product.pk).photo.removal
         return (
             job
             if job is not None and job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
@@ -456,7 +457,7 @@ def test_transient_copy_failure_is_retried_then_given_up(
         "fileObject": {**payload["fileObject"], "url": f"http://{host}/result.png"},
     }
     with run_on_commit():
-        services.apply_callback(job.pk, unavailable)
+        services.apply_callback(job.pk, unavailable, signed=True)
     job.refresh_from_db()
     assert job.status == JobStatus.RECEIVED and job.finalize_attempts == 1
     assert "deliver the result" in job.error_message and job.next_attempt_at
@@ -467,3 +468,16 @@ def test_transient_copy_failure_is_retried_then_given_up(
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and "Gave up storing the result" in job.error_message
     assert not job.result_name
+
+
+def test_a_cancelled_pending_jobs_result_is_ignored(emulator, run_on_commit):
+    product, _ = submitted_product(run_on_commit)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
+    assert job.status == JobStatus.PENDING
+    payload = callback_payload(emulator, job)
+    services.cancel(job)
+    with run_on_commit():
+        outcome = services.apply_callback(job.pk, payload)
+    assert outcome.verdict == "ignored"
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED and not job.result_name

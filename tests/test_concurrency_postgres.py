@@ -60,7 +60,7 @@ def test_two_processes_submit_each_job_exactly_once(emulator, settings, filesyst
         Product.objects.create(name=f"race {n}", photo=make_image(f"race{n}.png", seed=n))
         for n in range(20)
     ]
-    job_ids = [p.photo_removal_id for p in products]
+    job_ids = [p.photo.removal.pk for p in products]
     assert all(job_ids)
     assert RemovalJob.objects.filter(status=JobStatus.QUEUED).count() == 20
 
@@ -158,7 +158,7 @@ def test_concurrent_requests_for_one_image_leave_one_live_job(emulator, settings
     loser = RemovalJob.objects.exclude(pk=live.get().pk).get()
     assert {first, second} == {live.get().pk, loser.pk}
     assert loser.status == JobStatus.SUPERSEDED and loser.superseded_by_id == live.get().pk
-    assert Product.objects.get(pk=product.pk).photo_removal_id == live.get().pk
+    assert Product.objects.get(pk=product.pk).photo.removal.pk == live.get().pk
 
 
 def test_concurrent_saves_of_one_object_leave_one_live_job(emulator, settings):
@@ -192,7 +192,7 @@ def test_identical_images_submitted_at_once_are_uploaded_once(emulator, settings
         Product.objects.create(name=f"twin {n}", photo=make_image(f"twin{n}.png", seed=5))
         for n in range(2)
     ]
-    jobs = [p.photo_removal_id for p in products]
+    jobs = [p.photo.removal.pk for p in products]
     outcomes = _in_parallel(*[lambda job=job: services.submit(job) for job in jobs], hold=0)
     assert sorted(outcomes) == ["pending", "waiting"]
     assert len(uploads(emulator)) == 1

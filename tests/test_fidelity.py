@@ -37,7 +37,7 @@ def settle_by_check(run_on_commit, job):
 
 def test_the_stored_cut_out_is_exactly_imagekits_result(emulator, run_on_commit):
     product = create(run_on_commit, "exact.png", seed=1)
-    job = RemovalJob.objects.get(pk=product.photo_removal_id)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
     emulator.wait_idle(20)
     assert settle_by_check(run_on_commit, job) == "succeeded"
     assert job.status == JobStatus.SUCCEEDED
@@ -57,7 +57,7 @@ def test_the_stored_cut_out_is_exactly_imagekits_result(emulator, run_on_commit)
 def test_a_synchronous_success_is_settled_without_a_callback(emulator, run_on_commit):
     set_faults(emulator, lost_rate=1.0, sync_success_rate=1.0)
     product = create(run_on_commit, "sync.png", seed=2)
-    job = RemovalJob.objects.get(pk=product.photo_removal_id)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
     assert job.status == JobStatus.SUCCEEDED and job.result_name
     assert emulator.state()["callbacks"] == []  # nothing to wait for
 
@@ -66,7 +66,7 @@ def test_the_too_many_requests_400_is_retried_like_a_rate_limit(emulator, settin
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "TASK_RETRY_DELAY": 60}
     set_faults(emulator, lost_rate=1.0, upload_too_many_requests_rate=1.0, max_api_faults=1)
     product = create(run_on_commit, "busy.png", seed=3)
-    job = RemovalJob.objects.get(pk=product.photo_removal_id)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
     # Not final, and certainly not applied: queued again, nothing to look up first.
     assert job.status == JobStatus.QUEUED and not job.submission_uncertain
     assert "too many requests" in job.error_message.lower()
@@ -87,7 +87,7 @@ def test_a_retry_signed_with_its_original_timestamp_is_refused_yet_the_job_settl
         "WEBHOOK_TOLERANCE_SECONDS": 300,
     }
     product = create(run_on_commit, "late.png", seed=4)
-    job = RemovalJob.objects.get(pk=product.photo_removal_id)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
     callback = wait_for(lambda: next(iter(emulator.state()["callbacks"]), None), timeout=20)
     body = json.dumps(callback["payload"]).encode()
     first_signed = time.time() - 3600  # the first attempt was an hour ago

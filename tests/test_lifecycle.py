@@ -114,7 +114,7 @@ def test_a_proxy_saves_and_supersedes_as_its_concrete_model(emulator, run_on_com
     concrete = ContentType.objects.get_for_model(Product)
     assert first.content_type == second.content_type == concrete
     assert first.status == JobStatus.SUPERSEDED and first.superseded_by_id == second.pk
-    assert Product.objects.get(pk=product.pk).photo_removal_id == second.pk
+    assert Product.objects.get(pk=product.pk).photo.removal.pk == second.pk
 
 
 def test_a_multi_table_child_shares_its_parents_jobs(emulator, run_on_commit):
@@ -141,7 +141,7 @@ def test_the_job_is_written_in_the_saves_transaction(imagekit, dummy_tasks, run_
         # Part of the same transaction, before any commit: nothing can get lost after it.
         assert jobs_of(product).get().status == JobStatus.QUEUED
         assert backend.results == []  # the task waits for the commit
-    assert [r.args for r in backend.results] == [[product.photo_removal_id]]
+    assert [r.args for r in backend.results] == [[product.photo.removal.pk]]
 
 
 def test_a_rollback_leaves_neither_job_nor_task(imagekit, dummy_tasks):
@@ -205,7 +205,7 @@ def test_a_refused_result_url_fails_the_job_once_and_is_not_retried(
     payload = next(c["payload"] for c in emulator.state()["callbacks"])
     payload["fileObject"]["url"] = httpserver.url_for("/secret")  # not an allowed host
     with run_on_commit():
-        services.apply_callback(job.pk, payload)
+        services.apply_callback(job.pk, payload, signed=True)  # trusted: not confirmed
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and job.error_code == "result_host_not_allowed"
     assert "allowed" in job.error_message and "RESULT_HOSTS" in job.error_message
@@ -320,12 +320,12 @@ def test_a_newer_result_during_the_copy_keeps_file_and_version_together(
         written.append(stored)
         if len(written) == 1:  # the first copy is being written when a newer result arrives
             with run_on_commit():
-                services.apply_callback(job.pk, newer)
+                services.apply_callback(job.pk, newer, signed=True)
         return stored
 
     monkeypatch.setattr(default_storage, "save", save_then_newer_callback)
     with run_on_commit():
-        services.apply_callback(job.pk, payload)
+        services.apply_callback(job.pk, payload, signed=True)
     monkeypatch.undo()
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED and job.result_version_id == "v-newer"
@@ -434,19 +434,19 @@ def test_an_unknown_source_version_is_not_taken_for_a_result(emulator, run_on_co
     assert job.status == JobStatus.PENDING and not job.result_url
 
 
-def test_a_callback_may_name_another_file_for_the_result(emulator, run_on_commit):
+def test_a_result_named_as_another_file_is_not_taken(emulator, run_on_commit):
+    """The contract has the result as a new version of the job's own file: a callback naming
+    another file is not this job's result, whatever its body says."""
     set_faults(emulator, lost_rate=1.0, result_as_new_file_rate=1.0)
     product = product_with_image(run_on_commit, "nf.png", seed=34)
     job = jobs_of(product).get()
     payload = wait_for(lambda: next(iter(emulator.state()["callbacks"]), None), timeout=20)
     assert payload["payload"]["fileObject"]["fileId"] != job.file_id
     with run_on_commit():
-        services.apply_callback(job.pk, payload["payload"])
+        outcome = services.apply_callback(job.pk, payload["payload"], signed=True)
+    assert outcome.verdict == "ignored" and not outcome.changed
     job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED
-    assert job.result_file_id == payload["payload"]["fileObject"]["fileId"] != job.file_id
-    with default_storage.open(job.result_name, "rb") as fh:
-        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert job.status == JobStatus.PENDING and not job.result_url and not job.result_name
 
 
 def test_a_failed_options_save_leaves_a_record(imagekit, settings, dummy_tasks):

@@ -10,7 +10,9 @@ import json
 import pytest
 from django.urls import reverse
 
+from imagekit_bgremove.conf import EMULATOR_WEBHOOK_SECRET
 from imagekit_bgremove.models import JobStatus, RemovalJob
+from imagekit_bgremove.signatures import signature_headers
 from imagekit_bgremove.tokens import make_token
 from tests.helpers import make_image, wait_for
 from tests.testapp.models import Product
@@ -27,15 +29,19 @@ def trusting_the_body(settings):
 def pending_job(emulator, run_on_commit):
     with run_on_commit():
         product = Product.objects.create(photo=make_image("target.png", seed=9))
-    job = RemovalJob.objects.get(pk=product.photo_removal_id)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
     callback = wait_for(lambda: next(iter(emulator.state()["callbacks"]), None), timeout=20)
     return job, callback["payload"]
 
 
-def deliver(client, run_on_commit, job, payload):
+def deliver(client, run_on_commit, job, payload, *, signed=True):
+    """POST ``payload`` to the job's webhook; signed by default (with the API check off, only a
+    signed result is taken at all)."""
     url = reverse("imagekit_bgremove:webhook", kwargs={"token": make_token(job.pk)})
+    body = json.dumps(payload).encode()
+    headers = signature_headers(body, EMULATOR_WEBHOOK_SECRET) if signed else {}
     with run_on_commit():
-        response = client.post(url, data=json.dumps(payload), content_type="application/json")
+        response = client.post(url, data=body, content_type="application/json", headers=headers)
     job.refresh_from_db()
     return response
 
@@ -126,6 +132,6 @@ def test_an_unsigned_success_cannot_overturn_a_failure(
     failure = {"service": "remove-bg", "status": "FAILURE", "fileId": job.file_id, "error": {}}
     deliver(client, run_on_commit, job, failure)
     assert job.status == JobStatus.FAILED
-    response = deliver(client, run_on_commit, job, payload)
+    response = deliver(client, run_on_commit, job, payload, signed=False)
     assert response.json()["verdict"] == "ignored"
     assert job.status == JobStatus.FAILED and not job.result_name

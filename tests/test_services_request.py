@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
@@ -36,7 +38,8 @@ def test_upload_carries_the_exact_options_and_a_signed_webhook_url(emulator, run
     [upload] = uploads(emulator)
     assert upload["fileId"] == job.file_id
     stem = product.photo.name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    assert upload["filePath"] == f"/bgremove/{stem}__ikbg{job.pk}.png"
+    assert upload["filePath"] == job.upload_path
+    assert re.fullmatch(rf"/bgremove/{stem}__ikbg{job.pk}-[0-9a-f]{{8}}\.png", job.upload_path)
     [remote] = emulator_jobs(emulator)
     assert remote["service"] == "remove-bg" and remote["origin"] == "upload"
     sent = {k: v for k, v in remote["options"].items() if v is not None}
@@ -160,7 +163,7 @@ def test_newer_request_supersedes_the_pending_one(emulator, run_on_commit):
     new = product.photo.removal
     assert old.status == JobStatus.SUPERSEDED and old.superseded_by_id == new.pk
     assert RemovalJob.objects.get(pk=new.pk).status == JobStatus.PENDING
-    assert Product.objects.get(pk=product.pk).photo_removal_id == new.pk
+    assert Product.objects.get(pk=product.pk).photo.removal.pk == new.pk
 
 
 def test_existing_imagekit_file_goes_through_update_details_and_restores_original(
@@ -243,3 +246,15 @@ def test_unsaved_new_image_is_refused(dummy_tasks, run_on_commit):
     product.photo = make_image("unsaved.png", seed=4)
     with pytest.raises(ValueError, match="save the object first"):
         product.photo.request_removal()
+
+
+def test_a_queued_job_cancelled_is_never_sent(emulator, dummy_tasks, run_on_commit):
+    product = create_product(run_on_commit)
+    user = User.objects.create_user("editor")
+    job = services.cancel(product.photo.removal, user=user)
+    assert (job.status, job.error_message) == (JobStatus.CANCELLED, "Cancelled by editor.")
+    assert job.finished_at is not None
+    assert services.submit(job.pk) != "pending"  # the task, if it still runs, finds it cancelled
+    assert uploads(emulator) == []
+    with pytest.raises(services.NotCancellable, match="only a queued, waiting or pending"):
+        services.cancel(job)

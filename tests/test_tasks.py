@@ -136,7 +136,7 @@ from django.core.files.base import ContentFile
 from tests.helpers import image_bytes
 from tests.testapp.models import Product
 p = Product.objects.create(name="db", photo=ContentFile(image_bytes(seed=9), name="db.png"))
-print(p.photo_removal_id)
+print(p.photo.removal.pk)
 """
 
 SHOW = """

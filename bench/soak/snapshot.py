@@ -18,6 +18,7 @@ def take(plan: Plan) -> dict[str, Any]:
     from example_project.catalogue.models import Product
     from imagekit_bgremove.models import RemovalJob, WebhookCount, WebhookDelivery
     from imagekit_bgremove.options import RemoveBgOptions
+    from imagekit_bgremove.state import prefetch_removal_state, state_of
 
     storage = Product._meta.get_field("photo").storage
 
@@ -81,12 +82,12 @@ def take(plan: Plan) -> dict[str, Any]:
         )
     ]
     products = []
-    for product in Product.objects.select_related("photo_removal", "photo_result").order_by("pk"):
+    for product in prefetch_removal_state(Product.objects.order_by("pk")):
         result_file = product.photo.result_file  # the public API: this image's cut-out
         result = None
         if result_file is not None:
             result = {
-                "job": product.photo.last_success.pk,
+                "job": state_of(product, "photo").current_success.pk,
                 "name": result_file.name,
                 "sha256": digest(result_file.name),
             }
@@ -96,7 +97,7 @@ def take(plan: Plan) -> dict[str, Any]:
                 "name": product.name,
                 "photo": product.photo.name,
                 "photo_sha256": digest(product.photo.name),
-                "photo_removal_id": product.photo_removal_id,
+                "photo_removal_id": product.photo.removal.pk if product.photo.removal else None,
                 "result": result,
             }
         )

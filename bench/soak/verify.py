@@ -20,6 +20,8 @@ from .config import DOCUMENTED_FAILURES
 
 FINAL = ("succeeded", "failed", "superseded", "cancelled")
 UNFINISHED = ("queued", "submitting", "waiting", "pending", "received")
+#: The job's mark in its upload's name: ``<stem>__ikbg<id>-<random><ext>``.
+_UPLOAD_MARK = re.compile(r"__ikbg(\d+)[-.]")
 
 #: What each check promises (the table's first column).
 CHECKS = {
@@ -329,7 +331,7 @@ def check_outcomes(snapshot, state, index: Index) -> Check:
         if len(owners) > 1:
             c.violations.append(f"jobs {[j['id'] for j in owners]} all claim file {file_id}")
         owner = owners[0]
-        if f"__ikbg{owner['id']}." not in record["requestedName"]:
+        if _job_named(record["requestedName"], index) is not index.jobs.get(owner["id"]):
             c.violations.append(
                 f"job #{owner['id']} recorded file {file_id}, uploaded as "
                 f"{record['requestedName']!r} (another job's name)"
@@ -355,9 +357,9 @@ def _reuploaded(record: Mapping[str, Any], state: Mapping[str, Any]) -> bool:
 
 
 def _job_named(name: str, index: Index) -> dict | None:
-    """The job whose deterministic upload name (``<stem>__ikbg<id><ext>``) is ``name``."""
-    marker = name.rpartition("__ikbg")[2].partition(".")[0]
-    return index.jobs.get(int(marker)) if marker.isdigit() else None
+    """The job whose upload name (``<stem>__ikbg<id>-<random><ext>``) is ``name``."""
+    found = _UPLOAD_MARK.search(name or "")
+    return index.jobs.get(int(found.group(1))) if found else None
 
 
 def check_results(snapshot, state, index: Index) -> Check:

@@ -69,29 +69,23 @@ class Action:
 
 
 class State:
-    """One read of every product's latest job (through the ``photo_removal`` pointer)."""
+    """One read of every product's latest job (the app's ``prefetch_removal_state``)."""
 
     def __init__(self, plan: Plan):
         from example_project.catalogue.models import Product
+        from imagekit_bgremove.state import prefetch_removal_state
 
-        rows = Product.objects.order_by().values_list(
-            "pk",
-            "photo",
-            "photo_removal_id",
-            "photo_removal__status",
-            "photo_removal__duplicate_of_id",
-            "photo_removal__file_id",
-        )
-        self.products: dict[int, dict[str, Any]] = {
-            pk: {
-                "photo": photo,
-                "job": job,
-                "status": status,
-                "duplicate_of": duplicate_of,
-                "file_id": file_id,
+        products = prefetch_removal_state(Product.objects.order_by().only("pk", "photo"))
+        self.products: dict[int, dict[str, Any]] = {}
+        for product in products:
+            job = product.photo.removal
+            self.products[product.pk] = {
+                "photo": product.photo.name,
+                "job": job.pk if job else None,
+                "status": job.status if job else None,
+                "duplicate_of": job.duplicate_of_id if job else None,
+                "file_id": job.file_id if job else None,
             }
-            for pk, photo, job, status, duplicate_of, file_id in rows
-        }
         self.unfinished = sum(1 for p in self.products.values() if p["status"] in UNFINISHED)
 
     def with_status(self, *statuses: str, busy: set[int] = frozenset()) -> list[int]:

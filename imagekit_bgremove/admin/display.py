@@ -1,7 +1,7 @@
 """What the admin shows about jobs and images: badges, thumbnails, captions, advice.
 
-Everything here works from objects already loaded (the ``<field>_removal`` and ``<field>_result``
-pointers are ``select_related`` by the admins), so rendering a row costs no query.
+Everything here works from each object's removal state, which the admins read for a whole page
+at once (``state.prefetch_removal_state``), so rendering a row costs no query.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from django.utils.translation import gettext_lazy as _l
 from ..conf import app_settings
 from ..defaults import EMULATOR_PRIVATE_KEY
 from ..models import UNFINISHED, JobStatus, RemovalJob
+from ..state import state_of
 
 #: Django 6 draws breadcrumbs as ``<ol class="breadcrumbs">``, 5.2 as ``<div class="breadcrumbs">``.
 BREADCRUMBS_AS_LIST = django.VERSION >= (6, 0)
@@ -206,25 +207,21 @@ def file_url(file) -> str | None:
 
 
 class RemovalState:
-    """What the admin shows about one image field of one object, from the two pointers the
-    queryset already joined: the latest job (its state) and the latest success (the cut-out
-    that stays visible while a newer job runs, or after it failed)."""
+    """What the admin shows about one image field of one object, from its state in the jobs:
+    the latest job (its state) and the current image's latest success (the cut-out that stays
+    visible while a newer job for the same image runs, or after it failed)."""
 
     def __init__(self, obj: models.Model, field_name: str, *, label: str = ""):
         self.obj = obj
         self.field_name = field_name
         self.label = label  # shown only when the model has several removal fields
         self.file = getattr(obj, field_name, None)
-        self.job: RemovalJob | None = getattr(obj, f"{field_name}_removal", None)
+        state = state_of(obj, field_name)
+        self.job: RemovalJob | None = state.latest
         self.status: str | None = self.job.status if self.job is not None else None
-        # The latest success, if it is the cut-out of this very image (not of an earlier one).
-        success: RemovalJob | None = getattr(obj, f"{field_name}_result", None)
-        if (
-            success is None
-            or success.status != JobStatus.SUCCEEDED
-            or not self.file
-            or success.source_name != self.file.name
-        ):
+        # The current image's latest success (never the cut-out of an earlier image).
+        success = state.current_success
+        if success is None or not self.file or success.source_name != self.file.name:
             success = None
         self.result_job: RemovalJob | None = success
 

@@ -9,6 +9,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .. import services
 from ..models import UNFINISHED, JobStatus, owner_model
+from ..state import with_removal_status
 
 #: Choices of the removal-state filter of your objects (the state of each one's latest job).
 OBJECT_STATES = (
@@ -22,7 +23,6 @@ OBJECT_STATES = (
 
 def removal_status_filter(field_name: str, label: str = "") -> type[admin.SimpleListFilter]:
     """A filter on the state of ``field_name``'s latest removal job."""
-    pointer = f"{field_name}_removal"
 
     class RemovalStatusFilter(admin.SimpleListFilter):
         title = (
@@ -35,13 +35,16 @@ def removal_status_filter(field_name: str, label: str = "") -> type[admin.Simple
 
         def queryset(self, request, queryset):
             value = self.value()
+            status = f"{field_name}_removal_status"
             if value == "unfinished":
-                return queryset.filter(**{f"{pointer}__status__in": UNFINISHED})
-            if value == "none":
-                return queryset.filter(**{f"{pointer}__isnull": True})
-            if value in JobStatus.values:
-                return queryset.filter(**{f"{pointer}__status": value})
-            return queryset
+                lookup = {f"{status}__in": UNFINISHED}
+            elif value == "none":
+                lookup = {f"{status}__isnull": True}
+            elif value in JobStatus.values:
+                lookup = {status: value}
+            else:
+                return queryset
+            return with_removal_status(queryset, field_name).filter(**lookup)
 
     RemovalStatusFilter.__name__ = f"{field_name.title().replace('_', '')}RemovalStatusFilter"
     return RemovalStatusFilter

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets, quote, unquote
-from django.core.exceptions import FieldDoesNotExist, PermissionDenied
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.http import HttpResponseRedirect
 from django.template.loader import render_to_string
@@ -21,6 +20,7 @@ from django.utils.translation import gettext_lazy
 from .. import services
 from ..models import JobStatus, RemovalJob
 from ..options import OptionsError, RemoveBgOptions
+from ..state import prefetch_removal_state, state_of
 from . import pages
 from .display import (
     EMULATOR_NOTE,
@@ -33,6 +33,7 @@ from .display import (
 )
 from .filters import removal_status_filter
 from .forms import ADMIN_STATIC, RemoveBackgroundForm, upload_option_fields, upload_prefix
+from .jobs import cancel_url
 from .pages import retry_page, wrap_template
 
 OPTION_NAMES = RemoveBgOptions.field_names()
@@ -112,16 +113,16 @@ class BackgroundRemovalAdminMixin:
             css={"all": [ADMIN_STATIC + "ikbg.css"]}, js=[ADMIN_STATIC + "live.js"]
         )
 
-    def get_queryset(self, request):
-        qs = super().get_queryset(request)  # type: ignore[misc]
-        pointers = []
-        for name in self.get_removal_fields():
-            for pointer in (f"{name}_removal", f"{name}_result"):
-                with contextlib.suppress(FieldDoesNotExist):
-                    if self.model._meta.get_field(pointer).is_relation:  # type: ignore[attr-defined]
-                        pointers.append(pointer)
-        # One query for the list, not one per row for each object's latest job and result.
-        return qs.select_related(*pointers) if pointers else qs
+    def get_changelist(self, request, **kwargs):
+        fields = self.get_removal_fields()
+
+        class RemovalChangeList(super().get_changelist(request, **kwargs)):  # type: ignore[misc]
+            def get_results(self, request):
+                super().get_results(request)
+                # The page's removal states in two queries, not one per row.
+                self.result_list = prefetch_removal_state(self.result_list, fields)
+
+        return RemovalChangeList
 
     def removal_states(self, obj: models.Model) -> list[RemovalState]:
         names = self.get_removal_fields()
@@ -314,6 +315,9 @@ class BackgroundRemovalAdminMixin:
         return type(form.__name__, (UploadOptionsForm, form), attrs)
 
     def save_model(self, request, obj, form, change) -> None:
+        for name in self.get_removal_fields():
+            if name in form.changed_data and getattr(obj, name):
+                getattr(obj, name).next_removal_user = request.user
         for name, options in getattr(form, "removal_options", {}).items():
             if name in form.changed_data and getattr(obj, name):
                 getattr(obj, name).next_removal_options = options
@@ -351,9 +355,20 @@ class BackgroundRemovalAdminMixin:
             else "",
             "retry_url": self._removal_url("retry_removal", pk) if can_change else "",
             "failed": any(s.failed for s in states),
+            "cancel_url": "",
         }
+        running = [s.job for s in states if s.job is not None]
+        running = [job for job in running if job.status in services.CANCELLABLE]
+        if can_change and running:
+            context["cancel_url"] = cancel_url(self.admin_site, running[0])  # type: ignore[attr-defined]
         context.update(self.removal_history(request, obj))
         return context
+
+    def render_removal_history(self, request, obj) -> str:
+        return render_to_string(
+            "admin/imagekit_bgremove/mixin/removal_history.html",
+            {"ikbg": self.removal_history(request, obj)},
+        )
 
     def removal_history(self, request, obj) -> dict[str, Any]:
         """The object's jobs, newest first: one query (two when there are more than shown)."""
@@ -497,7 +512,7 @@ class BackgroundRemovalAdminMixin:
         if obj is None:
             return self._get_obj_does_not_exist_redirect(request, self.model._meta, object_id)  # type: ignore[attr-defined]
         field_name = self._chosen_field(request)
-        job = getattr(obj, f"{field_name}_removal", None)
+        job = state_of(obj, field_name).latest
         if job is None or job.status != JobStatus.FAILED:
             self.message_user(  # type: ignore[attr-defined]
                 request, _("There is no failed background removal to retry."), messages.WARNING

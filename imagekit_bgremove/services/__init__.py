@@ -20,11 +20,15 @@ from .budget import BudgetExhausted
 from .finalization import finalize
 from .reconciliation import check, reconcile
 from .request import (
+    CANCELLABLE,
     AlreadyRetried,
     JobInProgress,
+    NotCancellable,
     NotRetryable,
     RequestError,
     base_options,
+    cancel,
+    cancel_unpaid,
     field_options,
     removal_field,
     removal_field_names,
@@ -36,20 +40,19 @@ from .request import (
 )
 from .results import (
     CallbackOutcome,
-    CallbackRead,
     apply_callback,
     apply_parsed_callback,
-    read_for_callback,
 )
 from .submission import submit
 
 __all__ = [
+    "CANCELLABLE",
     "AlreadyRetried",
     "BudgetExhausted",
     "CallbackError",
     "CallbackOutcome",
-    "CallbackRead",
     "JobInProgress",
+    "NotCancellable",
     "NotRetryable",
     "OptionsError",
     "RequestError",
@@ -57,13 +60,14 @@ __all__ = [
     "apply_parsed_callback",
     "base_options",
     "budget",
+    "cancel",
+    "cancel_unpaid",
     "check",
     "enqueue_reconcile",
     "failure_reason",
     "field_options",
     "finalize",
     "parse_callback",
-    "read_for_callback",
     "reconcile",
     "removal_field",
     "removal_field_names",

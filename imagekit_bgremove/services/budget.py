@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -50,14 +50,14 @@ def remaining() -> int | None:
     return None if ceiling is None else max(0, ceiling - used())
 
 
-def reserve(count: int = 1, *, using: str | None = None) -> None:
+def reserve(count: int = 1) -> None:
     """Count ``count`` requests against today's budget, or raise BudgetExhausted. Call it in the
     transaction that records the requests: a rollback gives the units back."""
     ceiling = limit()
     if ceiling is None or count <= 0:
         return
     day = today()
-    rows = DailyUsage.objects.using(using) if using else DailyUsage.objects
+    rows = DailyUsage.objects
     for _ in range(2):
         if rows.filter(day=day, requests__lte=ceiling - count).update(
             requests=F("requests") + count
@@ -68,7 +68,7 @@ def reserve(count: int = 1, *, using: str | None = None) -> None:
         if count > ceiling:
             raise BudgetExhausted(ceiling, 0, count)
         try:
-            with transaction.atomic(using=using):
+            with transaction.atomic(using=router.db_for_write(DailyUsage)):
                 rows.create(day=day, requests=count)
             return
         except IntegrityError:  # another process created today's row first: count on it

@@ -84,7 +84,7 @@ def claim(job: RemovalJob, key: str, *, lease: int) -> Decision:
             return "own"
         if holder.status == JobStatus.SUCCEEDED or (gone and holder.result_url):
             fields = {name: getattr(holder, name) for name in lifecycle.RESULT_FIELDS}
-            if RemovalJob.objects.transition(
+            if lifecycle.transition(
                 job.pk,
                 [JobStatus.SUBMITTING],
                 JobStatus.RECEIVED,
@@ -96,7 +96,7 @@ def claim(job: RemovalJob, key: str, *, lease: int) -> Decision:
             ):
                 queueing.enqueue_on_commit(queueing.FINALIZE, job.pk)
             return "share"
-        moved = RemovalJob.objects.transition(
+        moved = lifecycle.transition(
             job.pk,
             [JobStatus.SUBMITTING],
             JobStatus.WAITING,

@@ -81,9 +81,6 @@ def _remove_partial(job: RemovalJob, storage: Any) -> None:
 
 
 def _finalize(job: RemovalJob, lease: int, storage: Any) -> str:
-    # A result that came as a file of its own after the upload's answer was lost could not
-    # name the original: ask ImageKit for it now (reconcile asks again if this misses).
-    remote.record_lost_original(job)
     result = _result_to_fetch(job)
     if not app_settings.COPY_RESULT:
         return "succeeded" if _succeed(job, lease, result) else "lost"
@@ -161,7 +158,7 @@ def _succeed(job: RemovalJob, lease: int, result: RemoteFile, **changes: Any) ->
 
 def _result_to_fetch(job: RemovalJob) -> RemoteFile:
     recorded = RemoteFile(
-        file_id=job.result_file_id or job.file_id,
+        file_id=job.file_id,
         version_id=job.result_version_id,
         url=job.result_url,
         mime=job.result_mime,

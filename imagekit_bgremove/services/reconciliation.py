@@ -50,19 +50,13 @@ def schedule_check(job_id: int, submitted_at: datetime, now: datetime) -> None:
     run_after = now + wait
     if now <= deadline:
         run_after = min(run_after, deadline + timedelta(seconds=1))
-    # With the move to pending when tasks live in the same database: one commit, not two.
-    queueing.enqueue_on_commit(queueing.CHECK, job_id, run_after=run_after, with_transaction=True)
+    queueing.enqueue_on_commit(queueing.CHECK, job_id, run_after=run_after)
 
 
 def check(job_id: int, now: datetime | None = None) -> str:
     """The deferred check of one pending or waiting job (see ``schedule_check``); safe to run
     twice."""
     now = now or timezone.now()
-    # Nearly every check finds its job settled by the callback: one prepared read answers it,
-    # where loading the job and the one it waits on cost a worker more than the check itself.
-    seen = RemovalJob.objects.peek(job_id, ("status",))
-    if seen is None or seen.status not in (JobStatus.WAITING, JobStatus.PENDING):
-        return "skipped"
     job = RemovalJob.objects.select_related("duplicate_of").filter(pk=job_id).first()
     if job is not None and job.status == JobStatus.WAITING:
         outcome = check_waiting(job, now)
@@ -103,7 +97,7 @@ def settle_pending(job: RemovalJob, now: datetime) -> str:
     if job.submission_uncertain:
         # The request whose answer was lost has produced nothing in all this time: it did not
         # take effect. Now it is safe to send it again.
-        if RemovalJob.objects.transition(
+        if lifecycle.transition(
             job.pk,
             [JobStatus.PENDING],
             JobStatus.QUEUED,
@@ -224,18 +218,6 @@ def _remove_orphaned_partials() -> int:
     return removed
 
 
-def _find_lost_originals(since: datetime) -> int:
-    """Jobs that have their result but not the file their upload made at ImageKit: the upload's
-    answer was lost, the result came as a file of its own, and finalize's lookup missed it
-    (ImageKit's search lags behind an upload). Looked up again at each run, for
-    ``PENDING_DEADLINE_SECONDS`` after the job finished (its last move: ``updated_at``, so the
-    status index bounds the scan to that window, not to every job that ever succeeded)."""
-    lost = RemovalJob.objects.filter(
-        status=JobStatus.SUCCEEDED, updated_at__gte=since, file_id="", duplicate_of__isnull=True
-    ).exclude(source_name="")
-    return sum(remote.record_lost_original(job) for job in lost.order_by("pk")[:100])
-
-
 def reconcile(now: datetime | None = None) -> dict[str, int]:
     """Settle what callbacks, queues and dead workers left behind. Returns counts."""
     now = now or timezone.now()
@@ -253,7 +235,6 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
             "finalize_requeued",
             "waiting_settled",
             "partials_removed",
-            "originals_found",
             "errors",
         ),
         0,
@@ -279,7 +260,7 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
             "pk", flat=True
         )
     ):
-        if jobs.transition(
+        if lifecycle.transition(
             job_id,
             [JobStatus.SUBMITTING],
             JobStatus.QUEUED,
@@ -329,5 +310,4 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
             summary["errors"] += 1
 
     summary["partials_removed"] = _remove_orphaned_partials()
-    summary["originals_found"] = _find_lost_originals(deadline)
     return summary

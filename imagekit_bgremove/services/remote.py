@@ -9,15 +9,14 @@ from __future__ import annotations
 import logging
 import posixpath
 import re
+import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from .. import lifecycle
 from ..callback import CallbackError, RemoteFile, parse_file
 from ..conf import app_settings
 from ..exceptions import ImageKitError
 from ..models import RemovalJob
-from .request import RequestError, removal_field
 
 logger = logging.getLogger(__name__)
 
@@ -30,57 +29,26 @@ def client() -> Any:
     return get_client()
 
 
-def upload_name(job: RemovalJob) -> str:
-    """The file name at ImageKit: the same for every attempt of a job, so a repeated upload
-    overwrites instead of adding a file, and a lost answer can be looked up by name."""
-    base = posixpath.basename(job.source_name.replace("\\", "/")) or f"image{job.pk}.jpg"
+def new_upload_path(job: RemovalJob, field: Any) -> str:
+    """Where ``job``'s upload goes at ImageKit (folder and name), chosen once and recorded on
+    the job before the first attempt: every attempt overwrites the same file instead of adding
+    one, and a lost answer is looked up there whatever the settings say by then. The random
+    part keeps apart the jobs of other sites, or of a reset database, sharing the account."""
+    base = posixpath.basename(job.source_name.replace("\\", "/")) or "image.jpg"
     stem, ext = posixpath.splitext(base)
     # ImageKit replaces other characters with "_": use the name it will store.
     stem, ext = _IMAGEKIT_UNSAFE.sub("_", stem), _IMAGEKIT_UNSAFE.sub("_", ext)
-    return f"{stem or 'image'}__ikbg{job.pk}{ext or '.jpg'}"
-
-
-def is_upload_of(job: RemovalJob, found: RemoteFile) -> bool:
-    """Whether ``found`` is the file that ``job``'s upload stored (its name carries the job's
-    mark from ``upload_name``), not a result that ImageKit stored as a file of its own."""
-    name = found.name or posixpath.basename(found.file_path)
-    return re.search(rf"__ikbg{job.pk}\.[A-Za-z0-9_-]*$", name) is not None
-
-
-def upload_folder(field: Any) -> str:
-    return field.imagekit_folder or app_settings.FOLDER
+    name = f"{stem or 'image'}__ikbg{job.pk}-{secrets.token_hex(4)}{ext or '.jpg'}"
+    return posixpath.join(field.imagekit_folder or app_settings.FOLDER or "/", name)
 
 
 def find_upload(job: RemovalJob) -> dict[str, Any] | None:
-    """The file that ``job``'s upload stored at ImageKit, looked up by its name (for an upload
-    whose answer was lost), or None; the job's object may be gone, its model is enough."""
-    model = lifecycle.target_model(job)
-    try:
-        folder = upload_folder(removal_field(model, job.field_name)) if model else None
-    except RequestError:
-        folder = None
-    # The model or its field is gone since: the default folder is the best guess, and a miss
-    # only means that the identical image waiting on this job pays for its own run.
-    return client().find_file(folder or app_settings.FOLDER, upload_name(job))
-
-
-def record_lost_original(job: RemovalJob) -> bool:
-    """Look up the file ``job``'s upload made at ImageKit and record it on the job (and the
-    identical jobs that took its result), for a job that got its result without it: the
-    upload's answer was lost and the result came as a file of its own. A job that knows its
-    file, uploaded nothing (a fileId job) or shares another's result is left alone. Best
-    effort: a failed lookup is logged. Returns whether the file was found."""
-    if job.file_id or not job.source_name or job.duplicate_of_id is not None:
-        return False
-    try:
-        stored = find_upload(job)
-    except ImageKitError as exc:
-        logger.warning("job %s: its upload could not be looked up: %s", job.pk, exc)
-        return False
-    if not (stored and stored.get("fileId")):
-        return False
-    lifecycle.record_source_file(job.pk, str(stored["fileId"]), str(stored.get("filePath") or ""))
-    return True
+    """The file that ``job``'s upload stored at ImageKit, looked up where it was sent (for an
+    upload whose answer was lost), or None when it was never sent."""
+    if not job.upload_path:
+        return None
+    folder, name = posixpath.split(job.upload_path)
+    return client().find_file(folder, name)
 
 
 def original_bytes_url(url: str) -> str:
@@ -197,15 +165,19 @@ def find_result(job: RemovalJob) -> RemoteFile | None:
 def confirm(job: RemovalJob) -> RemoteFile | None:
     """ImageKit's own record of the result the job recorded (from a callback): the version's
     details as the API has them, or None when ImageKit does not know that version."""
-    file_id = job.result_file_id or job.file_id
-    if not file_id:
+    if not job.file_id:
         return None
-    current = current_version(file_id)
+    current = current_version(job.file_id)
     if current is not None and job.result_version_id in ("", current.version_id):
-        if file_id == job.file_id and current.version_id == job.source_version_id:
+        if current.version_id == job.source_version_id:
             return None  # still the original: no result to confirm
         return current
-    for version in versions(file_id):
-        if version.version_id == job.result_version_id:
+    listed = versions(job.file_id)
+    sent = next((v for v in listed if v.version_id == job.source_version_id), None)
+    for version in listed:
+        # The recorded version, made after the one the job sent (an older one is not its result).
+        if version.version_id == job.result_version_id != job.source_version_id and (
+            sent is None or version.created_at > sent.created_at
+        ):
             return version
     return None

@@ -8,10 +8,11 @@ rollback sends nothing, and a crash after the commit leaves a queued job that re
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import ExitStack
 from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist
-from django.db import models, transaction
+from django.db import models, router, transaction
 from django.db.models import Case, When
 from django.urls import reverse
 from django.utils import timezone
@@ -21,6 +22,7 @@ from ..conf import app_settings
 from ..models import UNFINISHED, JobStatus, RemovalJob, Trigger, owner_content_type
 from ..options import OptionsError, RemoveBgOptions
 from ..signals import removal_failed
+from ..state import forget_state
 from ..tokens import make_token
 from . import budget
 
@@ -30,6 +32,10 @@ class RequestError(ValueError):
 
 
 class NotRetryable(RequestError):
+    pass
+
+
+class NotCancellable(RequestError):
     pass
 
 
@@ -148,6 +154,17 @@ def enqueue_submit_on_commit(job_id: int, *, using: str | None = None) -> None:
     )
 
 
+def _atomic(objects_db: str, jobs_db: str, *, savepoint: bool = True) -> Any:
+    """One transaction, or two when the objects and the jobs live in different databases: the
+    objects' commits last, so the task enqueued at its commit finds the job committed."""
+    if objects_db == jobs_db:
+        return transaction.atomic(using=jobs_db, savepoint=savepoint)
+    stack = ExitStack()
+    stack.enter_context(transaction.atomic(using=objects_db, savepoint=False))
+    stack.enter_context(transaction.atomic(using=jobs_db, savepoint=savepoint))
+    return stack
+
+
 def _create(
     instance: models.Model,
     field: Any,
@@ -161,14 +178,17 @@ def _create(
     is_new_object: bool,
     only_if_idle: bool = False,
     using: str | None = None,
-    job_id: int | None = None,
 ) -> RemovalJob:
     """Write the job in the current transaction (the caller's, or a new one in autocommit).
-    ``job_id``: the id the object's INSERT already drew and points at (``next_job_id``)."""
+
+    The jobs live in the database the routers give ``RemovalJob`` (where every worker looks for
+    them); the object may live in another (``using``): its row is locked there, and the submit
+    task is enqueued when the object's transaction commits."""
     content_type = owner_content_type(type(instance), field.name)
     object_id = str(instance.pk)
     model = type(instance)
-    removal_pointer, _ = lifecycle.pointer_names(field.name)
+    objects_db = using or instance._state.db or router.db_for_write(model)
+    jobs_db = router.db_for_write(RemovalJob)
     source_name = _source_name(instance, field)
     now = timezone.now()
     failure = (
@@ -177,20 +197,30 @@ def _create(
         else None
     )
     # The save path runs inside the save's transaction: no savepoint, a failure fails the save.
-    with transaction.atomic(using=using, savepoint=trigger != Trigger.SAVE):
+    with _atomic(objects_db, jobs_db, savepoint=trigger != Trigger.SAVE):
         if failure is None:
             try:
-                budget.reserve(1, using=using)
+                budget.reserve(1)
             except budget.BudgetExhausted as exc:
                 if trigger != Trigger.SAVE:
                     raise
                 failure = ("budget_spent", str(exc))  # a save cannot be refused: say why
-        older: list[int] = []
         if not is_new_object:
             # The object's row lock serialises requests for the same image: the second one
-            # waits here, then sees (and supersedes) the first one's committed job.
-            if not model._base_manager.select_for_update().filter(pk=instance.pk).exists():
+            # waits here, then sees (and supersedes) the first one's committed job. The image
+            # is the row's, read under the lock: a concurrent save may have stored a newer one
+            # than this instance holds, and the live job must be for what the row holds.
+            stored = list(
+                model._base_manager.db_manager(objects_db)
+                .select_for_update()
+                .filter(pk=instance.pk)
+                .values_list(field.attname, flat=True)
+            )
+            if not stored:
                 raise RequestError(f"{model._meta.label} {instance.pk} no longer exists.")
+            source_name = stored[0] or ""
+            if not source_name and not file_id_of(field, instance):
+                raise RequestError(f"{model._meta.label} {instance.pk} no longer has an image.")
             if only_if_idle:
                 live = (
                     RemovalJob.objects.filter(
@@ -201,11 +231,11 @@ def _create(
                 )
                 if live is not None:
                     raise JobInProgress(live)
-            older = lifecycle.supersede_older(
-                RemovalJob(content_type=content_type, object_id=object_id, field_name=field.name)
-            )
-        job = RemovalJob.objects.db_manager(using).insert(
-            **({"id": job_id} if job_id is not None else {}),
+        # Also for a new object: a deleted one's unfinished job may hold its primary key.
+        older = lifecycle.supersede_older(
+            RemovalJob(content_type=content_type, object_id=object_id, field_name=field.name)
+        )
+        job = RemovalJob.objects.create(
             content_type=content_type,
             object_id=object_id,
             field_name=field.name,
@@ -226,14 +256,37 @@ def _create(
             RemovalJob.objects.filter(pk__in=older, superseded_by__isnull=True).update(
                 superseded_by=job
             )
-        if job_id is None:
-            lifecycle.point_latest_at(model, instance.pk, field.name, job.pk, using=using)
-        setattr(instance, removal_pointer, job)
+        forget_state(instance, field.name)
         if failure is None:
-            enqueue_submit_on_commit(job.pk, using=using)
+            enqueue_submit_on_commit(job.pk, using=objects_db)
         else:
             lifecycle.send_on_commit(removal_failed, job.pk)
     return job
+
+
+def cancel_unpaid(instance: models.Model, field_name: str) -> int:
+    """Cancel the image's unfinished job while nothing has been paid for it yet (queued, or
+    waiting on an identical image): the save that cleared the image no longer wants it. A job
+    a worker is already sending runs on. Returns how many were cancelled."""
+    unpaid = [JobStatus.QUEUED, JobStatus.WAITING]
+    ids = list(
+        RemovalJob.objects.filter(
+            content_type=owner_content_type(type(instance), field_name),
+            object_id=str(instance.pk),
+            field_name=field_name,
+            status__in=unpaid,
+        ).values_list("pk", flat=True)
+    )
+    forget_state(instance, field_name)
+    if not ids:
+        return 0
+    return lifecycle.transition(
+        ids,
+        unpaid,
+        JobStatus.CANCELLED,
+        error_code="image_cleared",
+        error_message="The image was cleared before it was sent to ImageKit.",
+    )
 
 
 def request_removal(
@@ -249,8 +302,8 @@ def request_removal(
 ) -> RemovalJob:
     """Ask for the background of ``instance.<field_name>`` to be removed.
 
-    Creates a ``queued`` job (superseding older unfinished jobs of the same image), points
-    ``<field_name>_removal`` at it and enqueues the submit task once the transaction commits.
+    Creates a ``queued`` job (superseding older unfinished jobs of the same image) and enqueues
+    the submit task once the transaction commits.
     With ``only_if_idle``, raises JobInProgress instead of superseding an unfinished job.
     Raises ``OptionsError`` for invalid options and ``RequestError`` for anything else."""
     if instance is None or instance.pk is None:
@@ -279,12 +332,13 @@ def request_on_save(
     *,
     created: bool,
     using: str | None,
-    job_id: int | None = None,
 ) -> RemovalJob:
     """The save hook's request: inside the save's transaction (or right after the row was written
-    in autocommit), never raising for bad options: those leave a failed job that says why.
-    ``job_id``: the id the new object's INSERT drew for its pointer, which the job must take."""
+    in autocommit), never raising for bad options: those leave a failed job that says why."""
     options = error = None
+    user = instance.__dict__.pop(f"_ikbg_user_{field.attname}", None)
+    if user is not None and not getattr(user, "is_authenticated", False):
+        user = None  # AnonymousUser is no row to point at
     try:
         options = field_options(field)
         pending = instance.__dict__.pop(f"_ikbg_options_{field.attname}", None)
@@ -298,13 +352,36 @@ def request_on_save(
         options=options,
         error=error,
         trigger=Trigger.SAVE,
-        user=None,
+        user=user,
         force=False,
         retry_of=None,
         is_new_object=created,
         using=using,
-        job_id=job_id,
     )
+
+
+#: A user may cancel a job nobody is busy with: not sent yet, waiting on an identical job, or
+#: awaiting ImageKit's result. A worker's submitting or storing is never interrupted.
+CANCELLABLE = (JobStatus.QUEUED, JobStatus.WAITING, JobStatus.PENDING)
+
+
+def cancel(job: RemovalJob, *, user: Any = None) -> RemovalJob:
+    """Cancel ``job`` if it is still cancellable; returns it as it is now. A pending run goes on
+    at ImageKit (and is paid for): its result is ignored when it comes."""
+    who = f" by {user}" if getattr(user, "is_authenticated", False) else ""
+    if not lifecycle.cancel(
+        job.pk,
+        list(CANCELLABLE),
+        error_code="cancelled",
+        error_message=f"Cancelled{who}.",
+    ):
+        job.refresh_from_db()
+        raise NotCancellable(
+            f"Job #{job.pk} is {job.get_status_display().lower()}: only a queued, waiting or "
+            "pending job can be cancelled."
+        )
+    job.refresh_from_db()
+    return job
 
 
 def retry(
@@ -353,15 +430,16 @@ def request_batch(
 ) -> list[int]:
     """``request_removal`` for many objects at once: ``rows`` are (pk, stored name) pairs.
     A fixed number of queries per batch, whatever its size: lock the rows, supersede their
-    unfinished jobs, insert the new ones, point the objects at them. Returns the new job ids."""
+    unfinished jobs, insert the new ones. Returns the new job ids."""
     content_type = owner_content_type(model, field.name)
-    removal_pointer, _ = lifecycle.pointer_names(field.name)
     pks = [pk for pk, _ in rows]
     object_ids = [str(pk) for pk in pks]
     now = timezone.now()
-    with transaction.atomic():
+    objects_db = router.db_for_write(model)
+    with _atomic(objects_db, router.db_for_write(RemovalJob)):
         budget.reserve(len(rows))
-        list(model._base_manager.select_for_update().filter(pk__in=pks).values_list("pk"))
+        objects = model._base_manager.db_manager(objects_db).select_for_update()
+        list(objects.filter(pk__in=pks).values_list("pk"))
         live = RemovalJob.objects.filter(
             content_type=content_type,
             field_name=field.name,
@@ -370,12 +448,8 @@ def request_batch(
         )
         older = dict(live.values_list("object_id", "pk"))
         if older:
-            live.update(
-                status=JobStatus.SUPERSEDED,
-                lease_token=0,
-                lease_expires_at=None,
-                updated_at=now,
-                finished_at=now,
+            lifecycle.transition(
+                list(older.values()), UNFINISHED, JobStatus.SUPERSEDED, updated_at=now
             )
         jobs = RemovalJob.objects.bulk_create(
             [
@@ -413,16 +487,6 @@ def request_batch(
                     output_field=models.BigIntegerField(),
                 )
             )
-            for old in older.values():
-                lifecycle.settle_waiters(old)
-        model._base_manager.filter(pk__in=pks).update(
-            **{
-                removal_pointer: Case(
-                    *[When(pk=pk, then=new_by_object[str(pk)]) for pk in pks],
-                    output_field=models.BigIntegerField(),
-                )
-            }
-        )
         for job in jobs:
-            enqueue_submit_on_commit(job.pk)
+            enqueue_submit_on_commit(job.pk, using=objects_db)
     return [job.pk for job in jobs]

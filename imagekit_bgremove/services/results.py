@@ -3,27 +3,22 @@
 Whatever the source, a result moves the job to ``received`` (the copy into storage is the
 finalize task's work) and a failure to ``failed``; repeats change nothing. The job row is locked
 while the decision is made, so a callback and a check arriving together settle the job once.
-
-The webhook's common case, the first SUCCESS for a pending job, is decided from the unlocked read
-that also answers repeats (``read_for_callback``) and applied with one UPDATE guarded by every
-field that decision used (``_GUARDED``): if any of them changed in between, the UPDATE moves
-nothing and the callback takes the locked path like any other.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from .. import lifecycle, queueing
 from ..callback import Callback, RemoteFile, parse_callback
 from ..conf import app_settings
 from ..models import JobStatus, RemovalJob
-from . import remote
 
 #: States a result may arrive in. ``queued``: a submission whose answer was lost took effect.
 #: ``failed`` is added when the result can be trusted (see ``_accept_result``).
@@ -42,45 +37,16 @@ class CallbackOutcome:
     verdict: str  # "accepted", "duplicate" or "ignored"
     message: str
     job: RemovalJob | None = None
+    #: Whether the job's row was written (only then is the delivery worth a row of its own).
+    changed: bool = False
 
 
 def _same_result(job: RemovalJob, result: RemoteFile) -> bool:
-    recorded_file = job.result_file_id or job.file_id
-    if not job.result_url or recorded_file != result.file_id:
+    if not job.result_url or job.file_id != result.file_id:
         return False
     if result.version_id or job.result_version_id:
         return job.result_version_id == result.version_id
     return job.result_url == result.url
-
-
-#: What a result's acceptance reads of a pending job: the fields ``_same_result`` compares and
-#: the ones it fills in when empty. An unlocked read's decision holds while these are unchanged.
-_GUARDED = ("file_id", "file_path", "result_file_id", "result_version_id", "result_url")
-
-
-@dataclass
-class CallbackRead:
-    """The job as a callback finds it, read without a lock (``read_for_callback``)."""
-
-    job: RemovalJob | None
-    #: The result's version id when the callback repeats a result already recorded.
-    duplicate_version: str | None = None
-
-
-def read_for_callback(job_id: int, callback: Callback) -> CallbackRead:
-    """One read of what deciding a SUCCESS callback needs: whether it repeats a recorded result
-    (ImageKit retries for a day; ``apply_callback`` would answer "duplicate" without changing
-    anything), and otherwise the job as it stands, for ``apply_parsed_callback(seen=...)``."""
-    if not callback.succeeded or callback.result is None:
-        return CallbackRead(None)
-    found = RemovalJob.objects.peek(job_id, ("status", *_GUARDED))
-    if found is None:
-        return CallbackRead(None)
-    if found.status in (JobStatus.RECEIVED, JobStatus.SUCCEEDED) and _same_result(
-        found, callback.result
-    ):
-        return CallbackRead(found, callback.result.version_id or "?")
-    return CallbackRead(found)
 
 
 def apply_callback(job_id: int, payload: Any, *, signed: bool = False) -> CallbackOutcome:
@@ -96,13 +62,10 @@ def apply_parsed_callback(
     *,
     signed: bool,
     then: Callable[[CallbackOutcome], None] | None = None,
-    seen: RemovalJob | None = None,
 ) -> CallbackOutcome:
     """``then``, when given, runs with the outcome inside the same transaction (the webhook
-    records its delivery there: one commit for the whole callback). ``seen``: the job as
-    ``read_for_callback`` found it; a SUCCESS for a job that was pending is then applied
-    without locking the row first, if nothing it was decided from has changed."""
-    return _apply(job_id, callback, trusted=signed, source="callback", then=then, seen=seen)
+    records its delivery there: one commit for the whole callback)."""
+    return _apply(job_id, callback, trusted=signed, source="callback", then=then)
 
 
 def apply_result(job_id: int, result: RemoteFile, *, source: str) -> CallbackOutcome:
@@ -118,22 +81,9 @@ def _apply(
     trusted: bool,
     source: str,
     then: Callable[[CallbackOutcome], None] | None = None,
-    seen: RemovalJob | None = None,
 ) -> CallbackOutcome:
     with transaction.atomic():
-        outcome = None
-        if (
-            seen is not None
-            and seen.pk == job_id
-            and seen.status == JobStatus.PENDING
-            and callback.succeeded
-            and callback.result is not None
-        ):
-            outcome = _accept_result(
-                seen, callback.result, trusted=trusted, source=source, unlocked=True
-            )
-        if outcome is None:
-            outcome = _decide(job_id, callback, trusted=trusted, source=source)
+        outcome = _decide(job_id, callback, trusted=trusted, source=source)
         if then is not None:
             then(outcome)
         return outcome
@@ -163,12 +113,34 @@ def _moved(job: RemovalJob, status: str, fields: dict[str, Any]) -> None:
         setattr(job, name, value)
 
 
+def _not_its_own(job: RemovalJob, callback: Callback) -> CallbackOutcome | None:
+    """Why ``callback`` cannot be this job's, or None when it can: a result or a failure counts
+    only for the file the job uploaded or updated (recorded from ImageKit's own answer, never
+    from a callback), and a result only for a version other than the one the job sent."""
+    named = callback.result.file_id if callback.result is not None else callback.file_id
+    if not job.file_id or named != job.file_id:
+        return CallbackOutcome(
+            "ignored",
+            f"The callback names file {named or '(none)'}, not the file of job #{job.pk} "
+            f"({job.file_id or 'not known yet'}); ignored.",
+            job,
+        )
+    if callback.result is not None and callback.result.version_id == job.source_version_id:
+        return CallbackOutcome(
+            "ignored", f"The callback names the version job #{job.pk} sent; ignored.", job
+        )
+    return None
+
+
 def _keep_for_identical(job: RemovalJob, callback: Callback, *, source: str) -> CallbackOutcome:
     """A job that was superseded or cancelled while ImageKit worked on it does not take its
     result, but the run was paid for: it is kept on the job (its state unchanged) for the
     identical images waiting on it, or saved later (``dedupe``)."""
     if job.result_url or job.error_code == "removal_failed":
         return CallbackOutcome("ignored", f"Job #{job.pk} is {job.status}; nothing changed.", job)
+    refused = _not_its_own(job, callback)
+    if refused is not None:
+        return refused
     if callback.succeeded:
         assert callback.result is not None
         changes: dict[str, Any] = callback.result.job_fields()
@@ -188,17 +160,14 @@ def _keep_for_identical(job: RemovalJob, callback: Callback, *, source: str) -> 
         "ignored",
         f"Job #{job.pk} is {job.status}; its {kept} ({source}) is kept for identical images.",
         job,
+        changed=True,
     )
 
 
 def _accept_result(
-    job: RemovalJob, result: RemoteFile, *, trusted: bool, source: str, unlocked: bool = False
-) -> CallbackOutcome | None:
-    """With ``unlocked``, ``job`` is a pending job read without a lock: the move is guarded by
-    what was read, and None means the job changed since, so the caller must lock and decide."""
+    job: RemovalJob, result: RemoteFile, *, trusted: bool, source: str
+) -> CallbackOutcome:
     if _same_result(job, result):
-        if unlocked:
-            return None
         return CallbackOutcome(
             "duplicate",
             f"Result version {result.version_id or '?'} of job #{job.pk} is already recorded.",
@@ -208,27 +177,22 @@ def _accept_result(
         return CallbackOutcome(
             "ignored", f"Job #{job.pk} has already succeeded; another result is ignored.", job
         )
+    refused = _not_its_own(job, Callback(succeeded=True, file_id=result.file_id, result=result))
+    if refused is not None:
+        return refused
+    if not (trusted or app_settings.WEBHOOK_CONFIRM_WITH_API):
+        # Nothing would check an unsigned body's result against ImageKit before storing it.
+        return CallbackOutcome(
+            "ignored",
+            f"An unsigned result for job #{job.pk} is taken only with WEBHOOK_CONFIRM_WITH_API.",
+            job,
+        )
     sources = list(RESULT_SOURCES)
     if job.status == JobStatus.FAILED:
         # A result after a failure happens (ImageKit's retries reorder, or the deadline was
-        # reached first), but an unsigned body alone must not overturn a failure: it needs a
-        # signature, or the API check that finalize makes when WEBHOOK_CONFIRM_WITH_API is on.
-        if not (trusted or app_settings.WEBHOOK_CONFIRM_WITH_API):
-            return CallbackOutcome(
-                "ignored",
-                f"Job #{job.pk} has failed; an unsigned SUCCESS does not overturn that.",
-                job,
-            )
+        # reached first): the job takes it, unless another job of the image is live by now.
         sources.append(JobStatus.FAILED)
     changes: dict[str, Any] = result.job_fields()
-    # A result that came before the upload's answer names the uploaded file only when it is
-    # a new version of it; a result stored as a file of its own leaves the original for the
-    # answer, or for finalize to look up.
-    original = job.file_id
-    if not original and remote.is_upload_of(job, result):
-        original = changes["file_id"] = result.file_id
-    if result.file_path and not job.file_path and result.file_id == original:
-        changes["file_path"] = result.file_path
     changes.update(
         submission_uncertain=False,
         next_attempt_at=None,
@@ -238,24 +202,30 @@ def _accept_result(
         error_details=None,
         finished_at=None,
     )
-    if unlocked:
-        expect = {name: getattr(job, name) for name in _GUARDED}
-        if not RemovalJob.objects.transition(
-            job.pk, [JobStatus.PENDING], JobStatus.RECEIVED, expect=expect, **changes
-        ):
-            return None
-    elif not RemovalJob.objects.transition(job.pk, sources, JobStatus.RECEIVED, **changes):
+    # Only a failed job can meet another live job of its image: a savepoint for it alone.
+    try:
+        with transaction.atomic() if job.status == JobStatus.FAILED else nullcontext():
+            moved = lifecycle.transition(job.pk, sources, JobStatus.RECEIVED, **changes)
+    except IntegrityError:
+        # Failed, and a retry or a newer image's job is unfinished: one live job per image.
+        # The paid result stays on this job, in its history; the live job is left alone.
+        RemovalJob.objects.filter(pk=job.pk, status=JobStatus.FAILED).update(**result.job_fields())
+        return CallbackOutcome(
+            "ignored",
+            f"Job #{job.pk} has failed and another job of its image is live; its late result "
+            "is kept on it.",
+            job,
+            changed=True,
+        )
+    if not moved:
         return CallbackOutcome("ignored", f"Job #{job.pk} is no longer waiting for a result.", job)
     _moved(job, JobStatus.RECEIVED, changes)
-    queueing.enqueue_on_commit(queueing.FINALIZE, job.pk, with_transaction=True)
-    # Jobs waiting on this one get its result now rather than when it is stored. One that
-    # starts waiting after the read is settled then (``lifecycle.succeed`` or ``fail``).
-    if not unlocked or job.has_waiters:
-        lifecycle.settle_waiters(job.pk)
+    queueing.enqueue_on_commit(queueing.FINALIZE, job.pk)
     return CallbackOutcome(
         "accepted",
         f"Result version {result.version_id or '?'} recorded for job #{job.pk} ({source}).",
         job,
+        changed=True,
     )
 
 
@@ -275,6 +245,9 @@ def _accept_failure(job: RemovalJob, callback: Callback) -> CallbackOutcome:
         )
     if job.status == JobStatus.FAILED:
         return CallbackOutcome("duplicate", f"Job #{job.pk} has already failed.", job)
+    refused = _not_its_own(job, callback)
+    if refused is not None:
+        return refused
     error = callback.error
     changes: dict[str, Any] = {
         "error_code": "removal_failed",
@@ -282,9 +255,7 @@ def _accept_failure(job: RemovalJob, callback: Callback) -> CallbackOutcome:
         "error_details": error if isinstance(error, dict) else {"error": error},
         "submission_uncertain": False,
     }
-    if callback.file_id and not job.file_id:
-        changes["file_id"] = callback.file_id
     if not lifecycle.fail(job.pk, FAILURE_SOURCES, **changes):
         return CallbackOutcome("ignored", f"Job #{job.pk} is no longer waiting for a result.", job)
     _moved(job, JobStatus.FAILED, changes)
-    return CallbackOutcome("accepted", f"Job #{job.pk} failed at ImageKit.", job)
+    return CallbackOutcome("accepted", f"Job #{job.pk} failed at ImageKit.", job, changed=True)

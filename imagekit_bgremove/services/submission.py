@@ -87,7 +87,7 @@ def _after_error(
         run_after = timezone.now() + queueing.backoff(
             job.attempts, at_least=getattr(exc, "retry_after", None)
         )
-        if RemovalJob.objects.transition(
+        if lifecycle.transition(
             job.pk,
             [JobStatus.SUBMITTING],
             JobStatus.QUEUED,
@@ -196,12 +196,15 @@ def _upload(job: RemovalJob, lease: int, field: Any, options: RemoveBgOptions) -
             "source_size": size,
             "content_key": job.content_key,
         }
-    folder, name = remote.upload_folder(field), remote.upload_name(job)
+    if not job.upload_path:
+        job.upload_path = remote.new_upload_path(job, field)
+        inspected["upload_path"] = job.upload_path  # recorded before anything is sent
+    folder, name = posixpath.split(job.upload_path)
     if job.submission_uncertain:
         if inspected and not _guarded(job, lease, **inspected):
             return "lost"
         inspected = {}
-        stored = remote.client().find_file(folder, name)
+        stored = remote.find_upload(job)
         if stored:
             # The upload whose answer was lost did arrive: its callback will come to this job.
             found = {"fileId": stored.get("fileId"), "filePath": stored.get("filePath")}
@@ -309,7 +312,7 @@ def _record_submission(
         )
         return "failed"
     with transaction.atomic():  # the move and the check it schedules, in one commit
-        moved = RemovalJob.objects.transition(
+        moved = lifecycle.transition(
             job.pk,
             [JobStatus.SUBMITTING],
             JobStatus.PENDING,
@@ -325,7 +328,9 @@ def _record_submission(
             schedule_check(job.pk, now, now)
     if not moved:
         # A callback settled the job while we were submitting: only record what ImageKit said.
-        lifecycle.record_source_file(job.pk, file_fields["file_id"], file_fields["file_path"])
+        RemovalJob.objects.filter(pk=job.pk, file_id="").update(
+            file_id=file_fields["file_id"], file_path=file_fields["file_path"]
+        )
         RemovalJob.objects.filter(pk=job.pk, source_version_id="").update(
             source_version_id=file_fields["source_version_id"], submitted_at=now
         )

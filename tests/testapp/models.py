@@ -77,3 +77,12 @@ class FeaturedProduct(Product):
     """A multi-table child: its image lives in Product's table, so do its jobs."""
 
     headline = models.CharField(max_length=100, blank=True)
+
+
+class Poster(models.Model):
+    """Lives in the "other" database (tests/routers.py); its jobs live with the app's tables."""
+
+    image = BackgroundRemovalImageField(upload_to="posters", blank=True)
+
+    def __str__(self) -> str:
+        return f"Poster {self.pk}"

@@ -17,6 +17,7 @@ from imagekit_bgremove import services
 from imagekit_bgremove.fields import BackgroundRemovalImageField
 from imagekit_bgremove.models import JobStatus, Trigger
 from imagekit_bgremove.options import OptionsError, RemoveBgOptions
+from imagekit_bgremove.state import with_removal_status
 
 
 class Command(BaseCommand):
@@ -100,21 +101,13 @@ def backfill(
 ) -> dict:
     started = time.monotonic()
     name = field.name
-    pointer = f"{name}_removal"
     manager = model._base_manager
     rows = manager.exclude(**{name: ""}).exclude(**{f"{name}__isnull": True})
     if only_missing:
-        rows = rows.filter(
-            Q(**{f"{pointer}__isnull": True})
-            | Q(
-                **{
-                    f"{pointer}__status__in": [
-                        JobStatus.FAILED,
-                        JobStatus.CANCELLED,
-                        JobStatus.SUPERSEDED,
-                    ]
-                }
-            )
+        status = f"{name}_removal_status"
+        rows = with_removal_status(rows, name).filter(
+            Q(**{f"{status}__isnull": True})
+            | Q(**{f"{status}__in": [JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SUPERSEDED]})
         )
     pk_name = model._meta.pk.attname
     done = batches = 0
