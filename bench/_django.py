@@ -52,7 +52,7 @@ def configure(
             "db": {"BACKEND": "django_tasks_db.DatabaseBackend"},
         },
         IMAGEKIT_BGREMOVE={"TASK_BACKEND": "db", **imagekit},
-        SILENCED_SYSTEM_CHECKS=["imagekit_bgremove.W008"],
+        SILENCED_SYSTEM_CHECKS=["imagekit_bgremove.W009"],
         LOGGING_CONFIG=None,
     )
     django.setup()

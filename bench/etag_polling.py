@@ -71,7 +71,7 @@ def configure() -> None:
             "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication"],
         },
         IMAGEKIT_BGREMOVE={"WEBHOOK_BASE_URL": "http://bench"},
-        SILENCED_SYSTEM_CHECKS=["imagekit_bgremove.W008"],
+        SILENCED_SYSTEM_CHECKS=["imagekit_bgremove.W009"],
         LOGGING_CONFIG=None,
     )
     django.setup()

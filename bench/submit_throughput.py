@@ -57,7 +57,7 @@ DEBUG = False
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 # The emulator-style local setup, on purpose: no real account, a loopback webhook.
 SILENCED_SYSTEM_CHECKS = [
-    "imagekit_bgremove.W008",
+    "imagekit_bgremove.W009",
     "imagekit_bgremove.W004",
     "imagekit_bgremove.W005",
 ]

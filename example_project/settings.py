@@ -192,7 +192,7 @@ def _imagekit_settings() -> dict:
 IMAGEKIT_BGREMOVE = _imagekit_settings()
 if "PRIVATE_KEY" not in IMAGEKIT_BGREMOVE:
     # The example runs on the emulator on purpose, with DEBUG off too.
-    SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.W008"]
+    SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.W009"]
 
 LOGGING = {
     "version": 1,

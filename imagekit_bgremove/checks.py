@@ -4,7 +4,7 @@
 imagekit_bgremove.E010      neither PRIVATE_KEY nor EMULATOR_URL while DEBUG is False (with DEBUG
                             on, W001, and the first request raises ImproperlyConfigured)
 imagekit_bgremove.W001      neither PRIVATE_KEY nor EMULATOR_URL (DEBUG on)
-imagekit_bgremove.W008      EMULATOR_URL set while DEBUG is False: images go to an emulator
+imagekit_bgremove.W009      EMULATOR_URL set while DEBUG is False: images go to an emulator
 imagekit_bgremove.E001      IMAGEKIT_BGREMOVE is not a dict
 imagekit_bgremove.E002      unknown keys in IMAGEKIT_BGREMOVE
 imagekit_bgremove.E003      PRIVATE_KEY is a public key
@@ -22,7 +22,7 @@ imagekit_bgremove.W006      neither WEBHOOK_SECRETS nor WEBHOOK_CONFIRM_WITH_API
                             nothing but the URL token vouches for a callback's content
 imagekit_bgremove.E011      a real key but no URL_ENDPOINT: every job would fail on its result host
 imagekit_bgremove.E012      WEBHOOK_BASE_URL's host is not in ALLOWED_HOSTS (DEBUG False): every
-                            callback would be answered 400 (DisallowedHost); W009 with DEBUG on
+                            callback would be answered 400 (DisallowedHost); W008 with DEBUG on
 imagekit_bgremove.E020      a field's remove_bg_options or DEFAULT_OPTIONS name a bg_image_url
                             that is not public or does not resolve (the check resolves it)
 =========================== =====================================================================
@@ -119,7 +119,7 @@ def check_settings_present(app_configs=None, **kwargs: Any) -> list[CheckMessage
                 f"{SETTINGS_NAME}['EMULATOR_URL'] is set and PRIVATE_KEY is not, while DEBUG is "
                 "False: images are sent to the ImageKit emulator, not to ImageKit.",
                 hint="Set PRIVATE_KEY to your ImageKit private API key in production.",
-                id=f"{PREFIX}.W008",
+                id=f"{PREFIX}.W009",
             )
         )
     key = user.get("PRIVATE_KEY")
@@ -266,7 +266,7 @@ def check_webhooks(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
         )
         return messages
     if not _host_allowed(parts.netloc):
-        level, code = (CheckWarning, "W009") if settings.DEBUG else (Error, "E012")
+        level, code = (CheckWarning, "W008") if settings.DEBUG else (Error, "E012")
         messages.append(
             level(
                 f"{SETTINGS_NAME}['WEBHOOK_BASE_URL'] names the host {host!r}, which is not in "

@@ -19,6 +19,10 @@ REAL = {
 }
 
 
+# Development against the emulator: no key, so no W001 (nothing names an ImageKit).
+EMULATOR = {"EMULATOR_URL": "http://127.0.0.1:8790"}
+
+
 def ids(messages) -> list[str]:
     return sorted(message.id for message in messages)
 
@@ -69,7 +73,7 @@ def test_a_daily_limit_may_be_none_but_not_negative(production):
 
 def test_test_settings_only_warn_about_the_emulator(settings):
     settings.DEBUG = False
-    assert run() == ["imagekit_bgremove.W008"]
+    assert run() == ["imagekit_bgremove.W009"]
 
 
 def test_settings_missing_entirely(settings):
@@ -97,7 +101,7 @@ def test_an_emulator_url_is_development_only(settings):
     settings.DEBUG = True
     assert run() == []
     settings.DEBUG = False
-    assert run() == ["imagekit_bgremove.W008"]
+    assert run() == ["imagekit_bgremove.W009"]
 
 
 def test_settings_not_a_dict(settings):
@@ -311,7 +315,7 @@ def test_webhook_host_with_debug_and_no_allowed_hosts(settings):
     settings.IMAGEKIT_BGREMOVE = {**emulator, "WEBHOOK_BASE_URL": "http://[::1]:8000"}
     assert run() == []
     settings.IMAGEKIT_BGREMOVE = {**emulator, "WEBHOOK_BASE_URL": "http://192.168.1.5:8000"}
-    assert run() == ["imagekit_bgremove.W009"]
+    assert run() == ["imagekit_bgremove.W008"]
 
 
 def test_a_project_with_no_imagekit_fails_manage_py_check(tmp_path):

@@ -151,7 +151,7 @@ from example_project.settings import *  # noqa: F403
 from example_project.settings import IMAGEKIT_BGREMOVE, INSTALLED_APPS
 
 DEBUG = False
-SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.W008"]  # the emulator, on purpose
+SILENCED_SYSTEM_CHECKS = ["imagekit_bgremove.W009"]  # the emulator, on purpose
 IMAGEKIT_BGREMOVE = {{**IMAGEKIT_BGREMOVE, **{overrides!r}}}
 {engine}
 _log_file = os.environ.get("SOAK_LOG_FILE")
