@@ -20,6 +20,8 @@ imagekit_bgremove.W006      neither WEBHOOK_SECRETS nor WEBHOOK_CONFIRM_WITH_API
                             nothing but the URL token vouches for a callback's content
 imagekit_bgremove.W007      a real key but no URL_ENDPOINT or RESULT_HOSTS: results cannot be
                             downloaded (no delivery host is allowed)
+imagekit_bgremove.W008      WEBHOOK_BASE_URL's host is not in ALLOWED_HOSTS: every callback
+                            would be answered 400 (DisallowedHost)
 =========================== =====================================================================
 """
 
@@ -34,6 +36,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Info, register
 from django.core.checks import Warning as CheckWarning
+from django.http.request import split_domain_port, validate_host
 
 from .conf import DEFAULTS, SETTINGS_NAME, app_settings
 from .options import NON_FIELD, OptionsError, RemoveBgOptions
@@ -167,6 +170,16 @@ def _is_local_host(host: str) -> bool:
     )
 
 
+def _host_allowed(netloc: str) -> bool:
+    """Whether Django's host validation lets a request to ``netloc`` through."""
+    domain, _port = split_domain_port(netloc.rpartition("@")[2])
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        # What HttpRequest.get_host() allows in that case.
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    return bool(domain) and validate_host(domain, allowed)
+
+
 @register(TAG)
 def check_webhooks(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
     user = _user_settings()
@@ -245,6 +258,15 @@ def check_webhooks(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
             )
         )
         return messages
+    if not _host_allowed(parts.netloc):
+        messages.append(
+            CheckWarning(
+                f"{SETTINGS_NAME}['WEBHOOK_BASE_URL'] names the host {host!r}, which is not in "
+                "ALLOWED_HOSTS: Django would answer every callback with 400 (DisallowedHost).",
+                hint=f"Add {host!r} to ALLOWED_HOSTS (a tunnel's host too, while you use one).",
+                id=f"{PREFIX}.W008",
+            )
+        )
     if real_key and not settings.DEBUG:
         if parts.scheme != "https":
             messages.append(

@@ -59,6 +59,10 @@ def _options_key(attname: str) -> str:
     return f"_ikbg_options_{attname}"
 
 
+def _user_key(attname: str) -> str:
+    return f"_ikbg_user_{attname}"
+
+
 class BackgroundRemovalFieldFile(ImageFieldFile):
     """The original image (an ``ImageFieldFile``) plus what became of its background removal."""
 
@@ -117,6 +121,18 @@ class BackgroundRemovalFieldFile(ImageFieldFile):
             self.instance.__dict__[key] = options.to_dict()
         else:
             self.instance.__dict__[key] = dict(options)
+
+    @property
+    def next_removal_user(self) -> Any:
+        return self.instance.__dict__.get(_user_key(self.field.attname))
+
+    @next_removal_user.setter
+    def next_removal_user(self, user: Any) -> None:
+        """Who asks for the removal the next save requests (the user who uploaded the image)."""
+        if user is None:
+            self.instance.__dict__.pop(_user_key(self.field.attname), None)
+        else:
+            self.instance.__dict__[_user_key(self.field.attname)] = user
 
     def request_removal(
         self,

@@ -96,6 +96,7 @@ __all__ = [
 
 #: Where RemovalOptionsField leaves the options on the uploaded file until the model is saved.
 UPLOAD_OPTIONS_ATTR = "_imagekit_bgremove_options"
+UPLOAD_USER_ATTR = "_imagekit_bgremove_user"
 
 
 def removal_fields(model: type[models.Model]) -> list[Any]:
@@ -142,7 +143,12 @@ class BackgroundRemovalField(serializers.ImageField):
         size = getattr(data, "size", None)
         if limit and isinstance(size, int) and size > limit:
             raise PayloadTooLarge(f"The image is {size} bytes; the limit is {limit}.")
-        return super().to_internal_value(data)
+        upload = super().to_internal_value(data)
+        request = self.context.get("request")
+        if request is not None:
+            # The removal the save requests is recorded as this user's.
+            setattr(upload, UPLOAD_USER_ATTR, request.user)
+        return upload
 
     def to_representation(self, value: Any) -> dict[str, Any] | None:
         if not value or not getattr(value, "name", None):
@@ -216,8 +222,9 @@ class RemovalOptionsField(OptionsField):
 
 
 def _carry_upload_options(sender: type, instance: models.Model, raw: bool = False, **_: Any):
-    """Before a save: options a RemovalOptionsField left on an uploaded image become the
-    field's ``next_removal_options``, which the removal that this save requests uses."""
+    """Before a save: options a RemovalOptionsField left on an uploaded image, and the user who
+    uploaded it, become the field's ``next_removal_options`` and ``next_removal_user``, which
+    the removal that this save requests uses."""
     if raw:
         return
     for field in _fields_of(sender):
@@ -230,6 +237,9 @@ def _carry_upload_options(sender: type, instance: models.Model, raw: bool = Fals
         options = getattr(upload, UPLOAD_OPTIONS_ATTR, None)
         if options is not None:
             getattr(instance, field.attname).next_removal_options = options
+        user = getattr(upload, UPLOAD_USER_ATTR, None)
+        if user is not None:
+            getattr(instance, field.attname).next_removal_user = user
 
 
 _FIELDS: dict[type, tuple[Any, ...]] = {}

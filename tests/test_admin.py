@@ -325,6 +325,8 @@ def test_action_form_shows_option_errors(client, staff):
     assert response.status_code == 200
     form = response.context["form"]
     assert "bg_color" in form.errors and "hex colour" in form.errors["bg_color"][0]
+    # Staff read the form's labels, not the API's option names.
+    assert form.errors["bg_color"][0].startswith("Background colour must be")
     assert "Please correct the error below." in response.content.decode()
     assert not RemovalJob.objects.exists()
 
@@ -337,7 +339,8 @@ def test_action_form_shows_option_errors(client, staff):
         bg_image_url="https://example.com/bg.jpg",
     )
     assert response.status_code == 200
-    assert "cannot both be set" in str(response.context["form"].non_field_errors())
+    errors = response.context["form"].non_field_errors()
+    assert errors == ["Background colour and Background image URL cannot both be set; choose one."]
 
 
 def test_action_queues_one_job_per_object_and_says_what_it_skipped(client, staff):
@@ -495,6 +498,7 @@ def test_options_at_upload_time_on_the_add_form(client, staff, run_on_commit, du
     assert response.status_code == 302, response.context["adminform"].form.errors
     job = RemovalJob.objects.get()
     assert (job.status, job.trigger) == (JobStatus.QUEUED, Trigger.SAVE)
+    assert job.requested_by == staff  # the user who uploaded it
     assert job.options == {
         "add_shadow": True,
         "semitransparency": False,
@@ -513,6 +517,7 @@ def test_upload_options_are_validated_on_the_form(client, staff):
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
     assert "hex colour" in errors["ikbg_photo_bg_color"][0]
+    assert "bg_color" not in errors["ikbg_photo_bg_color"][0]
     assert not Product.objects.exists()
 
 
@@ -691,9 +696,38 @@ def test_job_admin_retry_action_budget_exhausted_is_a_clear_message(client, staf
     settings.IMAGEKIT_BGREMOVE = {**settings.IMAGEKIT_BGREMOVE, "DAILY_REMOVAL_LIMIT": 1}
     DailyUsage.objects.create(day=budget.today(), requests=1)
     job = job_for(make_product("mug"), status=JobStatus.FAILED)
-    response = client.post(JOBS, {"action": "retry_failed", ACTION_CHECKBOX_NAME: [str(job.pk)]})
+    other = job_for(make_product("cup"), status=JobStatus.FAILED)
+    response = client.post(
+        JOBS, {"action": "retry_failed", ACTION_CHECKBOX_NAME: [str(job.pk), str(other.pk)]}
+    )
     assert any("daily budget of 1 background removals is spent" in m for m in messages_of(response))
+    assert not RemovalJob.objects.filter(retry_of__in=[job, other]).exists()
+
+
+def test_retry_action_on_one_job_opens_its_options_page(client, staff):
+    job = job_for(make_product("mug"), status=JobStatus.FAILED)
+    response = client.post(JOBS, {"action": "retry_failed", ACTION_CHECKBOX_NAME: [str(job.pk)]})
+    assert response.status_code == 302
+    assert response["Location"] == f"{JOBS}{job.pk}/retry/"
     assert not RemovalJob.objects.filter(retry_of=job).exists()
+
+
+def test_retry_action_leaves_jobs_whose_options_would_fail_again(client, staff):
+    doomed = job_for(
+        make_product("mug"),
+        status=JobStatus.FAILED,
+        error_code="invalid_options",
+        error_message="The remove-bg options are invalid: x. Change the options.",
+    )
+    transient = job_for(make_product("cup"), status=JobStatus.FAILED, error_message="timeout")
+    response = client.post(
+        JOBS,
+        {"action": "retry_failed", ACTION_CHECKBOX_NAME: [str(doomed.pk), str(transient.pk)]},
+    )
+    assert RemovalJob.objects.filter(retry_of=transient).exists()
+    assert not RemovalJob.objects.filter(retry_of=doomed).exists()
+    warning = next(m for m in messages_of(response) if "would fail again" in m)
+    assert f'<a href="{JOBS}{doomed.pk}/retry/">#{doomed.pk}</a>' in warning
 
 
 def test_job_admin_lists_objects_and_deleted_ones(client, staff):
@@ -708,9 +742,20 @@ def test_job_admin_lists_objects_and_deleted_ones(client, staff):
 
 
 def reconcile_now(client, job):
-    return client.post(
-        JOBS, {"action": "reconcile_now", ACTION_CHECKBOX_NAME: [str(job.pk)]}, follow=True
+    # An object tool of the jobs list, POSTed with no job selected.
+    assert (
+        'action="/admin/imagekit_bgremove/removaljob/reconcile/"'
+        in client.get(JOBS).content.decode()
     )
+    return client.post(f"{JOBS}reconcile/", follow=True)
+
+
+def test_reconcile_now_is_a_post_for_those_allowed(client, staff, dummy_tasks):
+    assert client.get(f"{JOBS}reconcile/").status_code == 405
+    assert '"reconcile_now"' not in client.get(JOBS).content.decode()  # no longer an action
+    staff.is_superuser = False
+    staff.save()
+    assert client.post(f"{JOBS}reconcile/").status_code == 403
 
 
 def test_job_admin_reconcile_now(client, staff, monkeypatch):
@@ -836,3 +881,47 @@ def test_badge_colours_keep_white_text_readable():
 def test_status_json_is_json(client, staff):
     response = client.get("/admin/testapp/product/removal-status/")
     assert json.loads(response.content) == {"objects": {}, "unfinished": 0}
+
+
+def test_delivery_page_shows_the_headers_once(client, staff):
+    delivery = WebhookDelivery.objects.create(
+        verdict=DeliveryVerdict.ACCEPTED, status_code=200, body="{}", headers={"x-test": "1"}
+    )
+    html = client.get(f"/admin/imagekit_bgremove/webhookdelivery/{delivery.pk}/change/")
+    html = html.content.decode()
+    assert len(re.findall(r"<label>Headers:</label>", html, re.IGNORECASE)) == 1
+    assert "<code>1</code>" in html
+
+
+def test_cancel_a_running_job_from_the_object_page_and_the_job_page(client, staff):
+    product = make_product("mug")
+    job = job_for(product, status=JobStatus.PENDING)
+    change = f"{CHANGELIST}{product.pk}/change/"
+    html = client.get(change).content.decode()
+    cancel = f"{JOBS}{job.pk}/cancel/"
+    assert f'action="{cancel}"' in html
+    assert client.get(cancel).status_code == 405
+    response = client.post(cancel, {"next": change})
+    assert response.status_code == 302 and response["Location"] == change
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED and job.error_message == "Cancelled by admin."
+    assert f'action="{cancel}"' not in client.get(change).content.decode()
+    assert f'action="{cancel}"' not in client.get(f"{JOBS}{job.pk}/change/").content.decode()
+    # Too late now: said so, nothing changes; and a foreign "next" is not followed.
+    response = client.post(cancel, {"next": "https://evil.example/"}, follow=True)
+    assert response.redirect_chain[-1][0] == f"{JOBS}{job.pk}/change/"
+    assert any("only a queued, waiting or pending" in m for m in messages_of(response))
+
+    queued = job_for(make_product("cup"), status=JobStatus.QUEUED)
+    assert f"{JOBS}{queued.pk}/cancel/" in client.get(f"{JOBS}{queued.pk}/change/").content.decode()
+
+
+def test_cancel_needs_the_change_permission_on_the_object(client):
+    job = job_for(make_product("mug"), status=JobStatus.QUEUED)
+    user = User.objects.create_user("clerk", password="x", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename="view_removaljob"))
+    client.force_login(user)
+    assert "/cancel/" not in client.get(f"{JOBS}{job.pk}/change/").content.decode()
+    assert client.post(f"{JOBS}{job.pk}/cancel/").status_code == 403
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED

@@ -13,6 +13,7 @@ import re
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import User
+from django.contrib.contenttypes.models import ContentType
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404
@@ -361,3 +362,107 @@ def test_jobs_admin_refuses_a_change_post(staff_page):
     assert (job.status, job.error_message) == (JobStatus.SUCCEEDED, "")
     assert [e for e in page.console_errors if "403" not in e] == []
     assert product.pk
+
+
+def test_object_page_history_follows_the_preview_live(staff_page, live_emulator):
+    page = staff_page
+    set_faults(live_emulator, delay_seconds=[3.0, 3.0])  # the callback comes 3 s late
+    product = new_product("Bowl", 3, save=True)
+    page.goto(f"{page.base}/admin/testapp/product/{product.pk}/change/")
+    marked(page)
+    history = page.locator("#ikbg-history-group tbody tr").first
+    assert "Succeeded" not in history.inner_text()
+    # The admin's table text size (13px), not the 16px of Django's inline tables.
+    assert history.locator("td").first.evaluate("td => getComputedStyle(td).fontSize") == "13px"
+    page.shots.take("running")
+    page.wait_for_selector(".ikbg-preview .ikbg-s-succeeded", **EXPECT)
+    page.wait_for_selector("#ikbg-history-group tbody tr .ikbg-s-succeeded", timeout=5_000)
+    assert still_marked(page)
+    assert page.locator("#ikbg-history-group .ikbg-s-succeeded").count() == 1
+    audit(page)
+    page.shots.take("succeeded")
+    assert page.console_errors == []
+
+
+def test_a_long_error_stays_on_the_page(staff_page):
+    page = staff_page
+    product = new_product("Crate", 1)
+    long_word = "https://ik.example/" + "x" * 600
+    job = RemovalJob.objects.create(
+        content_type=ContentType.objects.get_for_model(Product),
+        object_id=str(product.pk),
+        field_name="photo",
+        status=JobStatus.FAILED,
+        error_code="remove_bg_failed",
+        error_message=f"remove.bg refused {long_word}",
+        error_details={"message": long_word, "nested": {"help": long_word}},
+    )
+    fits = "() => document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    for url in (
+        f"/admin/imagekit_bgremove/removaljob/{job.pk}/change/",
+        f"/admin/testapp/product/{product.pk}/change/",
+    ):
+        page.goto(page.base + url)
+        assert page.evaluate(fits), url
+        page.shots.take(url.split("/")[3])
+
+
+def test_reconcile_now_is_an_object_tool(staff_page):
+    page = staff_page
+    page.goto(f"{page.base}/admin/imagekit_bgremove/removaljob/")
+    tool = page.locator(".object-tools button", has_text="Reconcile now")
+    # Drawn like the admin's own object tools (a pill), and needs no row ticked.
+    assert tool.evaluate("b => getComputedStyle(b).borderRadius") == "15px"
+    assert page.locator("select[name=action] option", has_text="Reconcile").count() == 0
+    page.shots.take("jobs-list")
+    tool.click()
+    page.wait_for_selector(".messagelist")
+    assert "Reconcil" in page.inner_text(".messagelist")
+    audit(page)
+    page.shots.take("reconciled")
+
+
+def test_retry_action_shows_the_options_page_with_labelled_errors(staff_page):
+    page = staff_page
+    product = new_product("Jug", 2)
+    job = RemovalJob.objects.create(
+        content_type=ContentType.objects.get_for_model(Product),
+        object_id=str(product.pk),
+        field_name="photo",
+        status=JobStatus.FAILED,
+        error_code="invalid_options",
+        error_message="The remove-bg options are invalid: x. Change the options.",
+    )
+    page.goto(f"{page.base}/admin/imagekit_bgremove/removaljob/")
+    page.check(f"input[name=_selected_action][value='{job.pk}']")
+    page.select_option("select[name=action]", "retry_failed")
+    page.click("button[name=index]")
+    page.wait_for_url(re.compile(rf".*/removaljob/{job.pk}/retry/$"))
+    assert "Change the options" in page.inner_text("#content-main")
+    page.fill("input[name=bg_color]", "white")
+    page.fill("input[name=bg_image_url]", "https://example.com/bg.jpg")
+    page.click("input[name=apply]")
+    errors = page.inner_text("#content-main ul.errorlist")
+    assert "Background colour and Background image URL cannot both be set" in errors
+    assert "bg_color" not in errors
+    audit(page)
+    page.shots.take("options-error")
+    assert not RemovalJob.objects.filter(retry_of=job).exists()
+
+
+def test_cancel_a_pending_job_from_the_object_page(staff_page, live_emulator):
+    page = staff_page
+    set_faults(live_emulator, delay_seconds=[20.0, 20.0])  # ImageKit's answer is slow to come
+    product = new_product("Tray", 1, save=True)
+    wait_for(lambda: RemovalJob.objects.filter(status=JobStatus.PENDING).exists(), timeout=30)
+    page.goto(f"{page.base}/admin/testapp/product/{product.pk}/change/")
+    page.shots.take("pending")
+    page.click("[data-ikbg-cancel-tool] button")
+    page.wait_for_url(re.compile(rf".*/product/{product.pk}/change/$"))
+    assert "is cancelled" in page.inner_text(".messagelist")
+    assert "Cancelled" in page.inner_text(".ikbg-preview")
+    assert "Cancelled" in page.inner_text("#ikbg-history-group")
+    assert page.locator("[data-ikbg-cancel-tool]").count() == 0
+    assert RemovalJob.objects.get().status == JobStatus.CANCELLED
+    audit(page)
+    page.shots.take("cancelled")

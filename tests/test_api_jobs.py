@@ -424,3 +424,27 @@ def test_polling_a_304_costs_a_fixed_number_of_queries(api, django_assert_max_nu
     etag = api.get(f"{LIST_URL}{job.pk}/")["ETag"]
     with django_assert_max_num_queries(3):  # the job, and the user's permissions
         assert api.get(f"{LIST_URL}{job.pk}/", HTTP_IF_NONE_MATCH=etag).status_code == 304
+
+
+def test_cancel_a_queued_or_pending_job_and_only_those(api):
+    product = make_product()
+    queued = job_for(product)
+    response = api.post(f"{LIST_URL}{queued.pk}/cancel/")
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "cancelled"
+    assert response.json()["error_message"] == "Cancelled by editor."
+    pending = job_for(product, status=JobStatus.PENDING)
+    assert api.post(f"{LIST_URL}{pending.pk}/cancel/").json()["status"] == "cancelled"
+    response = api.post(f"{LIST_URL}{pending.pk}/cancel/")
+    assert response.status_code == 409 and response.json()["code"] == "not_cancellable"
+    assert response["Location"].endswith(f"/removals/{pending.pk}/")
+
+
+def test_cancel_needs_the_change_permission(api):
+    job = job_for(make_product())
+    reader = User.objects.create_user("reader")
+    client = APIClient()
+    client.force_authenticate(reader)
+    assert client.post(f"{LIST_URL}{job.pk}/cancel/").status_code in (403, 404)
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED

@@ -127,6 +127,15 @@ def test_upload_without_options_uses_the_field_defaults(api):
     assert Product.objects.get().photo.removal.options["bg_color"] == "ffffff"
 
 
+def test_an_upload_records_who_uploaded_it(api, user):
+    assert create(api).status_code == 201
+    assert Product.objects.get().photo.removal.requested_by == user
+    # A later save in code, with no request, records nobody.
+    product = Product.objects.get()
+    product.photo.save("again.png", SimpleUploadedFile("x.png", image_bytes(seed=3)))
+    assert product.photo.removal.requested_by is None
+
+
 def test_options_without_a_new_image_are_refused(api):
     response = api.post(
         PRODUCTS, {"name": "plain", "photo_options": {"bg_color": "red"}}, format="json"

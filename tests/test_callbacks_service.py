@@ -468,3 +468,16 @@ def test_transient_copy_failure_is_retried_then_given_up(
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and "Gave up storing the result" in job.error_message
     assert not job.result_name
+
+
+def test_a_cancelled_pending_jobs_result_is_ignored(emulator, run_on_commit):
+    product, _ = submitted_product(run_on_commit)
+    job = RemovalJob.objects.get(pk=product.photo.removal.pk)
+    assert job.status == JobStatus.PENDING
+    payload = callback_payload(emulator, job)
+    services.cancel(job)
+    with run_on_commit():
+        outcome = services.apply_callback(job.pk, payload)
+    assert outcome.verdict == "ignored"
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED and not job.result_name

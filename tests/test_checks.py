@@ -279,3 +279,25 @@ def test_good_numbers_pass(production):
         "RESULT_MAX_BYTES": 10.0,
     }
     assert run() == []
+
+
+def test_webhook_host_outside_allowed_hosts(production):
+    # A tunnel's host forgotten in ALLOWED_HOSTS: every callback would be a 400.
+    production.ALLOWED_HOSTS = ["www.example.com"]
+    production.IMAGEKIT_BGREMOVE = {**REAL, "WEBHOOK_BASE_URL": "https://abc.tunnel.example"}
+    assert run() == ["imagekit_bgremove.W008"]
+    production.ALLOWED_HOSTS = ["www.example.com", ".tunnel.example"]
+    assert run() == []
+    production.IMAGEKIT_BGREMOVE = {**REAL, "WEBHOOK_BASE_URL": "https://www.example.com:8443/"}
+    assert run() == []
+
+
+def test_webhook_host_with_debug_and_no_allowed_hosts(settings):
+    settings.DEBUG = True
+    settings.ALLOWED_HOSTS = []
+    settings.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": "http://127.0.0.1:8000"}
+    assert run() == []
+    settings.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": "http://[::1]:8000"}
+    assert run() == []
+    settings.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": "http://192.168.1.5:8000"}
+    assert run() == ["imagekit_bgremove.W008"]

@@ -269,32 +269,6 @@ def test_bg_color_and_background_are_exclusive(white_scene):
         remove_background(_png(image), bg_color="fff", background=_png(image))
 
 
-def test_add_shadow_darkens_below_right(white_scene):
-    image, truth = white_scene
-    plain = _decode(remove_background(_png(image), bg_color="fff")).astype(int)
-    shaded = _decode(remove_background(_png(image), bg_color="fff", add_shadow=True)).astype(int)
-    below_right = np.zeros_like(truth)
-    below_right[8:, 5:] = truth[:-8, :-5]
-    ring = below_right & ~cv2.dilate(truth.view(np.uint8), np.ones((5, 5))).view(bool)
-    assert ring.sum() > 50
-    assert (shaded[ring].sum(axis=1) < plain[ring].sum(axis=1) - 30).mean() > 0.9
-    above_left = np.zeros_like(truth)
-    above_left[:-40, :-40] = truth[40:, 40:]
-    untouched = above_left & ~cv2.dilate(truth.view(np.uint8), np.ones((41, 41))).view(bool)
-    assert np.abs(shaded[untouched] - plain[untouched]).max() <= 2
-
-
-def test_add_shadow_on_transparent_output(white_scene):
-    image, truth = white_scene
-    rgba = _decode(remove_background(_png(image), add_shadow=True))
-    below = np.zeros_like(truth)
-    below[8:, 5:] = truth[:-8, :-5]
-    ring = below & ~cv2.dilate(truth.view(np.uint8), np.ones((9, 9))).view(bool)
-    assert ring.sum() > 50
-    assert rgba[ring][:, 3].mean() > 40
-    assert rgba[ring][:, :3].max() <= 10  # the shadow is black, only its alpha varies
-
-
 def test_busy_background_end_to_end(busy_scene):
     image, truth = busy_scene
     result = remove_background(_png(image))

@@ -246,3 +246,20 @@ def test_cli_time_scale_flag():
     assert config.faults.sync_success_rate == 0.1
     defaults = config_from_args(build_parser().parse_args([]))
     assert defaults.callback_timeout == 30.0 and defaults.callback_retry_seconds == 86400.0
+
+
+def test_add_shadow_changes_nothing_offline(ik):
+    # remove.bg shadows photos of cars only; the emulator cannot tell a car, so it adds none
+    # (as the admin's help text says), and the option is still accepted and recorded.
+    results = []
+    for options in ({}, {"add_shadow": True}):
+        with CallbackReceiver() as hooks:
+            upload(
+                ik, extensions=[{"name": "remove-bg", "options": options}], webhook_url=hooks.url
+            )
+            assert ik.wait_idle(20)
+            [call] = hooks.requests
+        url = call.json()["fileObject"]["url"]
+        results.append(requests.get(url, params={"tr": "orig-true"}, timeout=5).content)
+    assert results[0] == results[1] and results[0][:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r["options"]["add_shadow"] for r in ik.state()["removeBgRuns"]] == [False, True]

@@ -92,7 +92,8 @@ def test_seed_catalogue_is_idempotent(tmp_path):
     first, again, reset = json.loads(result.stdout.strip().splitlines()[-1])
     assert "4 product(s) created" in first
     assert "Admin user 'admin' created; password: " in first
-    assert (tmp_path / "var" / "media" / "products" / "coffee.jpg").exists()
+    assert (tmp_path / "var" / "media" / "products" / "synthetic_product_white.jpg").exists()
+    assert (tmp_path / "var" / "media" / "products" / "flower_pot.png").exists()
     assert "0 product(s) created, 4 in total" in again
     assert "password unchanged" in again and "password:" not in again
     assert "Admin user 'admin' updated." in reset

@@ -7,6 +7,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
@@ -245,3 +246,15 @@ def test_unsaved_new_image_is_refused(dummy_tasks, run_on_commit):
     product.photo = make_image("unsaved.png", seed=4)
     with pytest.raises(ValueError, match="save the object first"):
         product.photo.request_removal()
+
+
+def test_a_queued_job_cancelled_is_never_sent(emulator, dummy_tasks, run_on_commit):
+    product = create_product(run_on_commit)
+    user = User.objects.create_user("editor")
+    job = services.cancel(product.photo.removal, user=user)
+    assert (job.status, job.error_message) == (JobStatus.CANCELLED, "Cancelled by editor.")
+    assert job.finished_at is not None
+    assert services.submit(job.pk) != "pending"  # the task, if it still runs, finds it cancelled
+    assert uploads(emulator) == []
+    with pytest.raises(services.NotCancellable, match="only a queued, waiting or pending"):
+        services.cancel(job)

@@ -38,6 +38,8 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
     search_fields = ["job__file_id", "outcome", "error"]
     date_hierarchy = "received_at"
     list_select_related = ["job"]
+    # Shown once, as the table below, not also as the raw JSON.
+    exclude = ["headers"]
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields if f.name != "headers"] + ["pretty_headers"]

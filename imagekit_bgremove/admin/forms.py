@@ -3,6 +3,7 @@ page, and as the small "options for a new image" fieldset of a change form."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -105,12 +106,27 @@ def options_from(form: forms.Form, prefix: str = "") -> RemoveBgOptions | None:
     try:
         return RemoveBgOptions.from_form(picked)
     except OptionsError as exc:
+        labels = {
+            name: str(form.fields[prefix + name].label)
+            for name in RemoveBgOptions.field_names()
+            if prefix + name in form.fields
+        }
         for key, messages in exc.errors.items():
             target = prefix + key
             form.add_error(
-                None if key == NON_FIELD or target not in form.fields else target, messages
+                None if key == NON_FIELD or target not in form.fields else target,
+                [human_labels(message, labels) for message in messages],
             )
         return None
+
+
+def human_labels(message: str, labels: dict[str, str]) -> str:
+    """The API's option names in ``message`` (bg_color) as the form labels them (Background
+    colour): staff see the labels, not the keys."""
+    if not labels:
+        return message
+    pattern = r"\b(" + "|".join(map(re.escape, labels)) + r")\b"
+    return re.sub(pattern, lambda match: labels[match.group(1)], message)
 
 
 class RemoveBackgroundForm(forms.Form):

@@ -18,11 +18,12 @@ from django.contrib.admin.views.main import ChangeList
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import date as date_filter
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
@@ -38,6 +39,7 @@ from .display import (
     is_emulator,
     job_badge,
     job_error,
+    needs_new_options,
     options_summary,
     result_alt,
     result_caption,
@@ -125,7 +127,9 @@ class RemovalJobAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     list_select_related = ["content_type", "requested_by", "retry"]
     list_per_page = 50
-    actions = ["retry_failed", "reconcile_now"]
+    actions = ["retry_failed"]
+    # "Reconcile now" concerns all jobs, not selected ones: an object tool, not an action.
+    change_list_template = "admin/imagekit_bgremove/removaljob/change_list.html"
 
     def get_changelist(self, request, **kwargs: Any) -> type[ChangeList]:
         return RemovalJobChangeList
@@ -363,6 +367,16 @@ class RemovalJobAdmin(ReadOnlyAdmin):
                 self.admin_site.admin_view(self.retry_view),
                 name=f"{info}_retry",
             ),
+            path(
+                "<path:object_id>/cancel/",
+                self.admin_site.admin_view(self.cancel_view),
+                name=f"{info}_cancel",
+            ),
+            path(
+                "reconcile/",
+                self.admin_site.admin_view(self.reconcile_view),
+                name=f"{info}_reconcile",
+            ),
             *super().get_urls(),
         ]
 
@@ -383,7 +397,32 @@ class RemovalJobAdmin(ReadOnlyAdmin):
             extra["ikbg_retry_url"] = reverse(
                 f"{self.admin_site.name}:imagekit_bgremove_removaljob_retry", args=[job.pk]
             )
+        if job is not None and may_cancel(self.admin_site, request, job):
+            extra["ikbg_cancel_url"] = cancel_url(self.admin_site, job)
         return super().change_view(request, object_id, form_url, extra)
+
+    def cancel_view(self, request, object_id):
+        """POST: cancel a queued, waiting or pending job (needs the change permission on its
+        object, as starting one does); back to ``next`` (the page it was asked from)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        job = RemovalJob.objects.select_related("content_type").filter(pk=object_id).first()
+        if job is None or not may_cancel(self.admin_site, request, job, any_status=True):
+            raise PermissionDenied
+        try:
+            services.cancel(job, user=request.user)
+        except services.NotCancellable as exc:
+            self.message_user(request, str(exc), messages.WARNING)
+        else:
+            self.message_user(request, _("Job #%d is cancelled.") % job.pk, messages.SUCCESS)
+        back = request.POST.get("next", "")
+        if not url_has_allowed_host_and_scheme(
+            back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            back = reverse(
+                f"{self.admin_site.name}:imagekit_bgremove_removaljob_change", args=[job.pk]
+            )
+        return HttpResponseRedirect(back)
 
     def retry_view(self, request, object_id):
         from .pages import retry_page
@@ -425,9 +464,17 @@ class RemovalJobAdmin(ReadOnlyAdmin):
 
     @admin.action(description=gettext_lazy("Retry failed jobs"), permissions=["retry"])
     def retry_failed(self, request, queryset):
+        """One job: its retry page, where the options can be changed. Several: each retried
+        with its own options, except those whose error says these options would fail again."""
         jobs = list(queryset.select_related("content_type", "retry"))
         attach_targets(jobs)
-        retried, refused, forbidden, left_alone = [], [], [], 0
+        if len(jobs) == 1 and self.retryable_target(request, jobs[0]) is not None:
+            return HttpResponseRedirect(
+                reverse(
+                    f"{self.admin_site.name}:imagekit_bgremove_removaljob_retry", args=[jobs[0].pk]
+                )
+            )
+        retried, refused, forbidden, left_alone, new_options = [], [], [], 0, []
         budget_error = None
         for job in jobs:
             if job.status != JobStatus.FAILED:
@@ -436,6 +483,9 @@ class RemovalJobAdmin(ReadOnlyAdmin):
             target = job_target(job)
             if target is not None and not can_change_target(self.admin_site, request, target):
                 forbidden.append(f"#{job.pk}")
+                continue
+            if needs_new_options(job) and retry_of(job) is None:
+                new_options.append(job)
                 continue
             try:
                 new = services.retry(job, user=request.user)
@@ -460,6 +510,33 @@ class RemovalJobAdmin(ReadOnlyAdmin):
                 % ", ".join(forbidden),
                 messages.ERROR,
             )
+        if new_options:
+            links = format_html_join(
+                ", ",
+                '<a href="{}">#{}</a>',
+                (
+                    (
+                        reverse(
+                            f"{self.admin_site.name}:imagekit_bgremove_removaljob_retry",
+                            args=[job.pk],
+                        ),
+                        job.pk,
+                    )
+                    for job in new_options
+                ),
+            )
+            self.message_user(
+                request,
+                format_html(
+                    "{} {}",
+                    _(
+                        "Not retried, because the same options would fail again; retry each "
+                        "with other options:"
+                    ),
+                    links,
+                ),
+                messages.WARNING,
+            )
         for line in refused[:20]:
             self.message_user(request, line, messages.WARNING)
         if left_alone:
@@ -475,14 +552,31 @@ class RemovalJobAdmin(ReadOnlyAdmin):
             )
         if budget_error is not None:
             self.message_user(request, str(budget_error), messages.ERROR)
-        if not (retried or forbidden or refused or left_alone or budget_error):
+        if not (retried or forbidden or refused or left_alone or budget_error or new_options):
             self.message_user(request, _("Nothing was retried."), messages.WARNING)
 
-    @admin.action(description=gettext_lazy("Reconcile now"), permissions=["reconcile"])
-    def reconcile_now(self, request, queryset):
-        """Queue the reconcile task, which settles what lost callbacks and queues left behind (all
-        jobs, not only the selected) by asking ImageKit about jobs pending for longer than
-        RECONCILE_AFTER_SECONDS. Queued, not run here: it talks to ImageKit, once per job."""
+    def changelist_view(self, request, extra_context=None):
+        extra = dict(extra_context or {})
+        if self.has_reconcile_permission(request):
+            extra["ikbg_reconcile_url"] = reverse(
+                f"{self.admin_site.name}:imagekit_bgremove_removaljob_reconcile"
+            )
+        return super().changelist_view(request, extra)
+
+    def reconcile_view(self, request):
+        """Queue the reconcile task, which settles what lost callbacks and queues left behind by
+        asking ImageKit about jobs pending for longer than RECONCILE_AFTER_SECONDS. Queued, not
+        run here: it talks to ImageKit, once per job."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_reconcile_permission(request):
+            raise PermissionDenied
+        self._reconcile(request)
+        return HttpResponseRedirect(
+            reverse(f"{self.admin_site.name}:imagekit_bgremove_removaljob_changelist")
+        )
+
+    def _reconcile(self, request) -> None:
         result = services.enqueue_reconcile()
         if result is None:
             self.message_user(
@@ -502,6 +596,19 @@ class RemovalJobAdmin(ReadOnlyAdmin):
             if value
         ) or _("nothing to do")
         self.message_user(request, _("Reconciled pending jobs (%s).") % done, messages.SUCCESS)
+
+
+def may_cancel(site, request, job: RemovalJob, *, any_status: bool = False) -> bool:
+    """Whether the user may cancel ``job`` (now, unless ``any_status``): the change permission
+    on its object, as for starting one."""
+    if not any_status and job.status not in services.CANCELLABLE:
+        return False
+    target = job_target(job)
+    return target is not None and can_change_target(site, request, target)
+
+
+def cancel_url(site, job: RemovalJob) -> str:
+    return reverse(f"{site.name}:imagekit_bgremove_removaljob_cancel", args=[job.pk])
 
 
 def figure(url: str | None, alt: str, caption) -> str:

@@ -33,6 +33,7 @@ from .display import (
 )
 from .filters import removal_status_filter
 from .forms import ADMIN_STATIC, RemoveBackgroundForm, upload_option_fields, upload_prefix
+from .jobs import cancel_url
 from .pages import retry_page, wrap_template
 
 OPTION_NAMES = RemoveBgOptions.field_names()
@@ -314,6 +315,9 @@ class BackgroundRemovalAdminMixin:
         return type(form.__name__, (UploadOptionsForm, form), attrs)
 
     def save_model(self, request, obj, form, change) -> None:
+        for name in self.get_removal_fields():
+            if name in form.changed_data and getattr(obj, name):
+                getattr(obj, name).next_removal_user = request.user
         for name, options in getattr(form, "removal_options", {}).items():
             if name in form.changed_data and getattr(obj, name):
                 getattr(obj, name).next_removal_options = options
@@ -351,9 +355,20 @@ class BackgroundRemovalAdminMixin:
             else "",
             "retry_url": self._removal_url("retry_removal", pk) if can_change else "",
             "failed": any(s.failed for s in states),
+            "cancel_url": "",
         }
+        running = [s.job for s in states if s.job is not None]
+        running = [job for job in running if job.status in services.CANCELLABLE]
+        if can_change and running:
+            context["cancel_url"] = cancel_url(self.admin_site, running[0])  # type: ignore[attr-defined]
         context.update(self.removal_history(request, obj))
         return context
+
+    def render_removal_history(self, request, obj) -> str:
+        return render_to_string(
+            "admin/imagekit_bgremove/mixin/removal_history.html",
+            {"ikbg": self.removal_history(request, obj)},
+        )
 
     def removal_history(self, request, obj) -> dict[str, Any]:
         """The object's jobs, newest first: one query (two when there are more than shown)."""

@@ -8,8 +8,9 @@ the user may see::
      "unfinished": 0}
 
 ``html`` is the same markup the page was rendered with (the list cell, or the preview with
-``kind=preview``), so the script only swaps it in; it stops polling an object once it is no
-longer unfinished, and stops altogether when none is. Three queries, whatever the number of rows.
+``kind=preview``, which also carries the history table as ``history``), so the script only swaps
+it in; it stops polling an object once it is no longer unfinished, and stops altogether when none
+is. Three queries, whatever the number of rows (the history adds its own for a change form).
 It is a view of the ModelAdmin (under the admin site's login and the model's view permission),
 not of the app's public URLs, because it shows what the admin shows.
 """
@@ -46,11 +47,15 @@ def status_response(model_admin, request) -> JsonResponse:
                 if kind == "cell"
                 else model_admin.render_removal_preview
             )
-            objects[str(obj.pk)] = {
+            entry = {
                 "html": render(obj, states),
                 "unfinished": any(s.unfinished for s in states),
                 "failed": any(s.failed for s in states),
             }
+            if kind == "preview":
+                # The change form's history table shows the same jobs: it follows the preview.
+                entry["history"] = model_admin.render_removal_history(request, obj)
+            objects[str(obj.pk)] = entry
     response = JsonResponse(
         {"objects": objects, "unfinished": sum(o["unfinished"] for o in objects.values())}
     )

@@ -272,7 +272,9 @@ class JobRefSerializer(serializers.Serializer):
 
 class ConflictSerializer(serializers.Serializer):
     detail = serializers.CharField()
-    code = serializers.ChoiceField(choices=["job_in_progress", "already_retried", "not_retryable"])
+    code = serializers.ChoiceField(
+        choices=["job_in_progress", "already_retried", "not_retryable", "not_cancellable"]
+    )
     job = JobRefSerializer(
         allow_null=True, help_text="The job in the way: the unfinished one, or the newer attempt."
     )

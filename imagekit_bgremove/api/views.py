@@ -430,3 +430,22 @@ class RemovalViewSet(
         except services.RequestError as exc:
             raise ValidationError({api_settings.NON_FIELD_ERRORS_KEY: [str(exc)]}) from exc
         return self.accepted(new_job)
+
+    @extend_schema(
+        summary="Cancel a job",
+        description="Only a queued, waiting or pending job: one ImageKit is already working on "
+        "goes on there (and is paid for), but its result is ignored. 409 for any other job.",
+        request=None,
+        responses={200: RemovalJobSerializer, **error_responses(401, 403, 404, 409)},
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk: str | None = None) -> Response:
+        job = self.get_object()
+        target = job.get_target()
+        if target is not None:
+            self.check_object_permissions(request, target)
+        try:
+            job = services.cancel(job, user=request.user)
+        except services.NotCancellable as exc:
+            return self.conflict(exc, job, "not_cancellable")
+        return Response(self.get_serializer(job).data)

@@ -208,9 +208,9 @@ class JobRunner:
                 f"The emulator cannot remove backgrounds here: {exc}", "internal_error"
             ) from None
         try:
+            # add_shadow is not passed: remove.bg shadows photos of cars only (see removal.py).
             result = remove_background(
                 source,
-                add_shadow=bool(options.get("add_shadow")),
                 semitransparency=options.get("semitransparency") is not False,
                 bg_color=options.get("bg_color") or None,
                 background=background,

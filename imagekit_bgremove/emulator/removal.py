@@ -5,7 +5,7 @@ without downloading weights, so it uses classical segmentation instead (``segmen
 a border-colour model for plain backgrounds, GrabCut for busy ones, ``grabcut.py``), or a
 deployer's own ONNX model (``onnx_model.py``, the emulator's ``--segmentation-model``),
 whose foreground map takes the same path to alpha and compositing. This module decodes the
-input and composes the result (transparency, ``bg_color``, a background image, a shadow).
+input and composes the result (transparency, ``bg_color``, a background image).
 """
 
 from __future__ import annotations
@@ -49,16 +49,9 @@ class RemovalResult:
     method: str
 
 
-_SHADOW_OPACITY = 0.5
-
-_HEX_RE = re.compile(r"[0-9a-fA-F]+")
-_NAME_RE = re.compile(r"[A-Za-z]+")
-
 # Formats ImageKit accepts and Pillow decodes in-process; EPS/PDF-style plugins would shell
 # out to Ghostscript, which has no place in a request path fed with user uploads.
 _SAFE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
-
-_SHADOW_OPACITY = 0.5
 
 _HEX_RE = re.compile(r"[0-9a-fA-F]+")
 _NAME_RE = re.compile(r"[A-Za-z]+")
@@ -201,26 +194,6 @@ def _load_backdrop(data: bytes, width: int, height: int, max_pixels: int) -> np.
     return np.asarray(fitted)
 
 
-def _shadow(alpha8: np.ndarray) -> np.ndarray:
-    """Soft drop shadow alpha (0.._SHADOW_OPACITY), offset down and to the right."""
-    h, w = alpha8.shape
-    long_side = max(h, w)
-    # The blur dwarfs any detail, so work on a reduced copy.
-    factor = max(1, round(long_side / 512))
-    small = cv2.resize(
-        alpha8, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA
-    )
-    sh, sw = small.shape
-    dx = max(1, round(0.012 * long_side / factor))
-    dy = max(1, round(0.02 * long_side / factor))
-    shifted = np.zeros((sh, sw), dtype=np.float32)
-    if dy < sh and dx < sw:
-        shifted[dy:, dx:] = small[: sh - dy, : sw - dx]
-    blurred = cv2.GaussianBlur(shifted, (0, 0), max(1.0, 0.012 * long_side / factor))
-    full = cv2.resize(blurred, (w, h), interpolation=cv2.INTER_LINEAR)
-    return full * (_SHADOW_OPACITY / 255.0)
-
-
 def _row_chunks(h: int, w: int, margin: int) -> Iterator[tuple[int, int, int, int]]:
     # Float intermediates for a 50 MP image would take gigabytes; bands of ~2 MP keep the
     # peak small, with a margin so the blur in _decontaminate sees its full support.
@@ -251,7 +224,6 @@ def _decontaminate(rgb: np.ndarray, alpha8: np.ndarray) -> np.ndarray:
 def _compose(
     rgb: np.ndarray,
     alpha8: np.ndarray,
-    shadow: np.ndarray | None,
     colour: tuple[int, int, int, int] | None,
     backdrop: np.ndarray | None,
 ) -> np.ndarray:
@@ -262,9 +234,9 @@ def _compose(
     for y0, y1, m0, m1 in _row_chunks(h, w, margin):
         fg = _decontaminate(rgb[m0:m1], alpha8[m0:m1])[y0 - m0 : y1 - m0]
         a = alpha8[y0:y1].astype(np.float32)[..., None] * (1.0 / 255.0)
-        # Subject over (black) shadow, in premultiplied form.
+        # The subject, in premultiplied form.
         premul = fg * a
-        layer = a if shadow is None else a + shadow[y0:y1, :, None] * (1.0 - a)
+        layer = a
         if backdrop is not None:
             pixels = premul + backdrop[y0:y1].astype(np.float32) * (1.0 - layer)
             out[y0:y1] = np.clip(pixels + 0.5, 0, 255).astype(np.uint8)
@@ -285,7 +257,6 @@ def _compose(
 def remove_background(
     data: bytes,
     *,
-    add_shadow: bool = False,
     semitransparency: bool = True,
     bg_color: str | None = None,
     background: bytes | None = None,
@@ -296,7 +267,8 @@ def remove_background(
 
     Returns a PNG: RGBA with the background transparent, or RGB when composited onto an
     opaque ``bg_color``/``background``. ``semitransparency=False`` makes the subject's
-    edges hard; a requested shadow is soft either way. ``bg_color`` is hex RGB/RGBA
+    edges hard. No shadow: remove.bg adds one to photos of cars only, and this method cannot
+    tell a car, so it answers as remove.bg does for every other photo. ``bg_color`` is hex RGB/RGBA
     (3, 4, 6 or 8 digits, ``#`` optional) or a CSS colour name. A ``segmentation_model``
     replaces the built-in methods for the foreground mask. Raises RemovalError for any
     unusable input.
@@ -323,12 +295,11 @@ def remove_background(
         alpha8 = np.where(alpha >= 0.5, np.uint8(255), np.uint8(0))
     del alpha
 
-    shadow = _shadow(alpha8) if add_shadow else None
-    pixels = _compose(rgb, alpha8, shadow, colour, backdrop)
+    pixels = _compose(rgb, alpha8, colour, backdrop)
     out_im = Image.fromarray(pixels)
 
     buffer = io.BytesIO()
-    # zlib level 6 costs 2 s on a 12 MP RGBA frame for ~15% fewer bytes than level 3.
+    # zlib level 6 saves bytes but takes seconds on very large frames: those get level 3.
     save_args: dict[str, object] = {"compress_level": 6 if h * w <= 4_000_000 else 3}
     if icc:
         save_args["icc_profile"] = icc

@@ -20,11 +20,14 @@ from .budget import BudgetExhausted
 from .finalization import finalize
 from .reconciliation import check, reconcile
 from .request import (
+    CANCELLABLE,
     AlreadyRetried,
     JobInProgress,
+    NotCancellable,
     NotRetryable,
     RequestError,
     base_options,
+    cancel,
     cancel_unpaid,
     field_options,
     removal_field,
@@ -43,11 +46,13 @@ from .results import (
 from .submission import submit
 
 __all__ = [
+    "CANCELLABLE",
     "AlreadyRetried",
     "BudgetExhausted",
     "CallbackError",
     "CallbackOutcome",
     "JobInProgress",
+    "NotCancellable",
     "NotRetryable",
     "OptionsError",
     "RequestError",
@@ -55,6 +60,7 @@ __all__ = [
     "apply_parsed_callback",
     "base_options",
     "budget",
+    "cancel",
     "cancel_unpaid",
     "check",
     "enqueue_reconcile",

@@ -35,6 +35,10 @@ class NotRetryable(RequestError):
     pass
 
 
+class NotCancellable(RequestError):
+    pass
+
+
 class AlreadyRetried(RequestError):
     """The job has a newer attempt already (``newer``): retry that one instead."""
 
@@ -332,6 +336,9 @@ def request_on_save(
     """The save hook's request: inside the save's transaction (or right after the row was written
     in autocommit), never raising for bad options: those leave a failed job that says why."""
     options = error = None
+    user = instance.__dict__.pop(f"_ikbg_user_{field.attname}", None)
+    if user is not None and not getattr(user, "is_authenticated", False):
+        user = None  # AnonymousUser is no row to point at
     try:
         options = field_options(field)
         pending = instance.__dict__.pop(f"_ikbg_options_{field.attname}", None)
@@ -345,12 +352,36 @@ def request_on_save(
         options=options,
         error=error,
         trigger=Trigger.SAVE,
-        user=None,
+        user=user,
         force=False,
         retry_of=None,
         is_new_object=created,
         using=using,
     )
+
+
+#: A user may cancel a job nobody is busy with: not sent yet, waiting on an identical job, or
+#: awaiting ImageKit's result. A worker's submitting or storing is never interrupted.
+CANCELLABLE = (JobStatus.QUEUED, JobStatus.WAITING, JobStatus.PENDING)
+
+
+def cancel(job: RemovalJob, *, user: Any = None) -> RemovalJob:
+    """Cancel ``job`` if it is still cancellable; returns it as it is now. A pending run goes on
+    at ImageKit (and is paid for): its result is ignored when it comes."""
+    who = f" by {user}" if getattr(user, "is_authenticated", False) else ""
+    if not lifecycle.cancel(
+        job.pk,
+        list(CANCELLABLE),
+        error_code="cancelled",
+        error_message=f"Cancelled{who}.",
+    ):
+        job.refresh_from_db()
+        raise NotCancellable(
+            f"Job #{job.pk} is {job.get_status_display().lower()}: only a queued, waiting or "
+            "pending job can be cancelled."
+        )
+    job.refresh_from_db()
+    return job
 
 
 def retry(

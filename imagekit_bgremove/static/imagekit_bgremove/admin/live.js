@@ -31,19 +31,29 @@
         timer = setTimeout(poll, delay);
     }
 
+    function replace(element, html) {
+        var holder = document.createElement("div");
+        holder.innerHTML = html.trim();
+        var fresh = holder.firstElementChild;
+        if (fresh) {
+            element.replaceWith(fresh);
+        }
+        return fresh;
+    }
+
     function swap(element, entry) {
         if (!entry) {
             // Gone (deleted, or filtered out): stop asking about it.
             element.removeAttribute("data-ikbg-unfinished");
             return;
         }
-        var holder = document.createElement("div");
-        holder.innerHTML = entry.html.trim();
-        var fresh = holder.firstElementChild;
-        if (!fresh) {
+        if (!replace(element, entry.html)) {
             return;
         }
-        element.replaceWith(fresh);
+        var history = document.getElementById("ikbg-history-group");
+        if (history && entry.history) {
+            replace(history, entry.history);
+        }
         if (entry.failed) {
             document.querySelectorAll("[data-ikbg-retry-tool]").forEach(function (tool) {
                 tool.hidden = false;
