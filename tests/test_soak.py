@@ -5,8 +5,8 @@ db_worker, once on RQ over Redis through django-tasks-rq, once on Celery over Ra
 django-tasks-celery, and once in the production shape (Celery, media on moto's S3 server, no
 shared disk). ``./dev soak --images 1000`` runs the full one.
 
-Switches for CI's budget: SOAK_CI_IMAGES (60 by default) sizes every run; SOAK_CI_CELERY=1 runs
-the Celery ones; SOAK_CI_PRODUCTION=0 leaves out the production shape.
+Switches for CI's budget: SOAK_CI_IMAGES (60 by default) sizes every run;
+SOAK_CI_PRODUCTION=0 leaves out the production shape.
 
 The checker itself (``soak.verify``) is tested here too, on a hand-made run, so that a soak that
 passes means something."""
@@ -85,10 +85,6 @@ def test_the_ci_soak_matches_the_ground_truth(engine):
         args += ["--media", "s3"]
     args += ["--engine", engine]
     if engine == "celery":
-        # Opt-in until the finding of the merge with the core rewrite is fixed: a job ended
-        # failed (no_result) although its success callback reached the app.
-        if os.environ.get("SOAK_CI_CELERY") != "1":
-            pytest.skip("SOAK_CI_CELERY=1 runs the Celery soaks")
         _needs_celery()
     if engine == "rq":
         redis_url = _redis_url()

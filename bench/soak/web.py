@@ -158,6 +158,8 @@ class Web:
         answer = self._honest(send, took_effect)
         if answer is None:
             return None
+        if answer.status_code == 409 and answer.json().get("code") == "job_in_progress":
+            return None  # the API's rule: no second request while one is unfinished
         if answer.status_code != 202:
             raise WebError(f"API: {answer.status_code} {answer.text[:300]}")
         return answer.json()
