@@ -3,7 +3,7 @@
 ``verify(snapshot, state, plan)`` is pure: the database's view (``snapshot``, plain data), the
 emulator's (``state``) and what the run did (``plan``) in; a list of checks out, each with its
 name, whether it held, a one-line account, and its violations (sentences naming jobs, files and
-callbacks). ``tests/test_soak.py`` breaks a hand-made good run in each way it can go wrong.
+callbacks). ``bench/test_soak.py`` breaks a hand-made good run in each way it can go wrong.
 """
 
 from __future__ import annotations

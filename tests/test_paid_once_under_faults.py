@@ -1,9 +1,7 @@
-"""Defects the soak (bench/soak, issue 14) found in the app's core, each reproduced through the
-public surface (saves, the tasks' service functions, reconcile) against the emulator. Each
-failed before its fix.
-
-The soak counts the emulator's paid remove-bg runs (``removeBgRuns``) per distinct (image
-content, options); each of these pays twice for one of them without ``force``.
+"""Paying ImageKit once per distinct (image, options) when answers are lost, identical images
+are in flight, originals are superseded and reconcile runs beside the workers: each case runs
+through the public surface (saves, the tasks' service functions, reconcile) against the emulator,
+which counts its paid remove-bg runs (``removeBgRuns``).
 """
 
 from __future__ import annotations
@@ -50,7 +48,7 @@ def settle(emulator, job_id: int) -> str:
     return outcome
 
 
-# ------------------------------------------------------------------------------------ finding 1
+# -------------------------------------------------------------------- a retry whose answer came
 
 
 def test_a_retry_whose_answer_came_is_not_sent_again_by_the_check(emulator, dummy_tasks):
@@ -99,7 +97,7 @@ def test_the_second_upload_is_never_taken_for_the_cut_out(emulator, dummy_tasks)
             assert fh.read() != data
 
 
-# ------------------------------------------------------------------------------------ finding 2
+# ------------------------------------------------------------------- identical images in flight
 
 
 def test_the_same_image_saved_again_while_in_flight_is_paid_once(emulator, dummy_tasks):
@@ -157,7 +155,7 @@ def test_an_identical_image_after_its_object_was_deleted_mid_flight_is_paid_once
     assert paid_runs(emulator) == 1
 
 
-# ------------------------------------------------------------------------------------ finding 3
+# -------------------------------------------------------------- a task queue other than default
 
 _QUEUE_PROBE = """
 import django
@@ -198,7 +196,7 @@ def test_a_task_queue_other_than_default_is_enough():
     assert probe.stdout.strip() == "images"
 
 
-# ------------------------------------------------------------------------------------ finding 4
+# ------------------------------------------------------- reconcile asks ImageKit once per check
 
 
 def _detail_requests(emulator) -> int:
@@ -221,13 +219,13 @@ def test_reconcile_does_not_ask_again_about_a_job_it_just_checked(emulator, dumm
     assert _detail_requests(emulator) == asked
 
 
-# ------------------------------------------------------------------------------------ finding 5
+# ---------------------------------------------------------- a job released from waiting in vain
 
 
 def test_a_job_sent_on_its_own_after_waiting_in_vain_gets_its_own_time(dummy_tasks):
-    """Seen at 1,000 images: job #371 waited on an identical job's run that never came; at that
-    run's deadline it was released to be sent on its own, and reconcile failed it at once
-    ("no_result ... still waiting to be sent"), its deadline counted from its creation."""
+    """A job waited on an identical job's run that never came; released at that run's deadline
+    to be sent on its own, it gets a deadline of its own instead of failing at once as "still
+    waiting to be sent"."""
     deadline = timedelta(seconds=float(app_settings.PENDING_DEADLINE_SECONDS))
     long_ago = timezone.now() - deadline - timedelta(seconds=10)
     twin, original_product = (
@@ -254,7 +252,7 @@ def test_a_job_sent_on_its_own_after_waiting_in_vain_gets_its_own_time(dummy_tas
     assert (waiter.status, waiter.error_code) == (JobStatus.FAILED, "no_result")
 
 
-# ------------------------------------------------------------------------------------ finding 6
+# ------------------------------------ an original superseded after its upload's answer was lost
 
 
 def _twin_after_a_lost_answer(emulator, seed: int, **faults) -> tuple[RemovalJob, RemovalJob]:
@@ -373,10 +371,7 @@ def test_a_check_past_the_deadline_is_not_due_at_once(dummy_tasks, run_on_commit
     )
 
 
-# ------------------------------------------------------------------------------------ finding 6
-# The 60-image RQ soak (CI, twice): an upload no job owned, while its job had succeeded with
-# another file. ImageKit stored the result as a new file, and its callback came before the
-# upload's answer: the job took the result's file for the original it uploaded.
+# --------------------------------------------- a callback that comes before the upload's answer
 
 
 def _the_upload(emulator) -> dict:
