@@ -91,10 +91,13 @@ def prefetch_removal_state(
     wanted = {row[k] for row in rows for k in ("latest", "last_success")} - {None}
     jobs = RemovalJob.objects.select_related("content_type").in_bulk(wanted)
     for row in rows:
-        success = jobs.get(row["last_success"])
+        success, latest = jobs.get(row["last_success"]), jobs.get(row["latest"])
+        if latest is not None and latest.status == JobStatus.SUCCEEDED:
+            # It succeeded between the two reads: its row is the newer word.
+            success = latest
         current = success is not None and success.pk >= (row["newest_save"] or 0)
         by_id[row["object_id"]].__dict__[_key(row["field_name"])] = FieldState(
-            jobs.get(row["latest"]), success, success if current else None
+            latest, success, success if current else None
         )
     return objects
 

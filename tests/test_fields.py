@@ -169,6 +169,30 @@ def test_list_with_removal_status_has_no_n_plus_one(
     assert succeeded.count() == 1
 
 
+def test_a_job_that_succeeds_between_the_two_reads_shows_its_cut_out(dummy_tasks):
+    # The page's state is two queries; a worker storing the result between them must not leave
+    # a "succeeded" status without its cut-out.
+    from django.db import connection
+
+    product = Product.objects.create(name="mug", photo=make_image("mug.png"))
+    [job] = jobs_of(product)
+    moved = []
+
+    def store_the_result_first(execute, sql, params, many, context):
+        if not moved and "imagekit_bgremove_removaljob" in sql and "MAX(" not in sql.upper():
+            moved.append(True)
+            RemovalJob.objects.filter(pk=job.pk).update(
+                status=JobStatus.SUCCEEDED, result_url="https://ik.example/mug.png"
+            )
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(store_the_result_first):
+        [fresh] = prefetch_removal_state([Product.objects.get(pk=product.pk)])
+    assert moved
+    assert fresh.photo.removal_status == "succeeded"
+    assert fresh.photo.result_url == "https://ik.example/mug.png"
+
+
 def test_fieldfile_properties_before_any_request():
     product = Product(name="new")
     assert product.photo.removal is None
