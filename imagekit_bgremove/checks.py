@@ -23,6 +23,7 @@ imagekit_bgremove.W006      neither WEBHOOK_SECRETS nor WEBHOOK_CONFIRM_WITH_API
 imagekit_bgremove.E011      a real key but no URL_ENDPOINT: every job would fail on its result host
 imagekit_bgremove.E012      WEBHOOK_BASE_URL's host is not in ALLOWED_HOSTS (DEBUG False): every
                             callback would be answered 400 (DisallowedHost); W008 with DEBUG on
+imagekit_bgremove.E013      the routers put the app's tables outside the "default" database
 imagekit_bgremove.E020      a field's remove_bg_options or DEFAULT_OPTIONS name a bg_image_url
                             that is not public or does not resolve (the check resolves it)
 =========================== =====================================================================
@@ -424,3 +425,24 @@ def check_numbers(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
                 )
             )
     return messages
+
+
+@register(TAG)
+def check_jobs_database(app_configs=None, **kwargs: Any) -> list[CheckMessage]:
+    """The jobs' transactions and on-commit hooks run on the default database: a router that
+    moves the app's tables elsewhere would make every callback fail."""
+    from django.db import DEFAULT_DB_ALIAS, router
+
+    from .models import RemovalJob
+
+    where = {router.db_for_read(RemovalJob), router.db_for_write(RemovalJob)}
+    if where == {DEFAULT_DB_ALIAS}:
+        return []
+    return [
+        Error(
+            f"The database routers put imagekit_bgremove's tables in {sorted(where)!r}; they must "
+            f"stay in {DEFAULT_DB_ALIAS!r} (your models with the field may live anywhere).",
+            hint="Let your routers return None or 'default' for the app label 'imagekit_bgremove'.",
+            id=f"{PREFIX}.E013",
+        )
+    ]

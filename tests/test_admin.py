@@ -925,3 +925,8 @@ def test_cancel_needs_the_change_permission_on_the_object(client):
     assert client.post(f"{JOBS}{job.pk}/cancel/").status_code == 403
     job.refresh_from_db()
     assert job.status == JobStatus.QUEUED
+
+
+def test_cancel_with_an_id_that_is_no_number_is_not_found(admin_client):
+    response = admin_client.post("/admin/imagekit_bgremove/removaljob/abc/cancel/")
+    assert response.status_code in (403, 404)

@@ -250,3 +250,32 @@ def test_a_model_in_another_database_is_submitted_finished_and_reconciled(emulat
     assert services.reconcile()["errors"] == 0
     again = Poster.objects.get(pk=poster.pk)
     assert again.image.result_file is not None and again.image.result_url == job.result_url
+
+
+@pytest.mark.django_db(databases=["default", "other"], transaction=True)
+def test_a_model_in_another_database_is_sent_only_once_both_databases_committed(dummy_tasks):
+    # ATOMIC_REQUESTS on "default" only, say: the poster's row commits first, the job's later.
+    from django.db import transaction
+
+    from imagekit_bgremove.compat import task_backends
+    from tests.testapp.models import Poster
+
+    enqueued = task_backends["default"].results
+    with transaction.atomic(using="default"):
+        poster = Poster.objects.create(image=make_image("poster.png", seed=9))
+        assert not enqueued
+    assert [list(result.args) for result in enqueued] == [[poster.image.removal.pk]]
+
+
+def test_a_backfill_asks_for_the_image_the_row_holds_now(dummy_tasks):
+    from imagekit_bgremove.options import RemoveBgOptions
+
+    product = Product.objects.create(name="mug", photo=make_image("a.png", seed=1))
+    read_by_the_backfill = [(product.pk, product.photo.name)]
+    newer = Product.objects.get(pk=product.pk)
+    newer.photo = make_image("b.png", seed=2)
+    newer.save()  # an upload between the backfill's read and its request
+    field = Product._meta.get_field("photo")
+    services.request_batch(Product, field, read_by_the_backfill, options=RemoveBgOptions())
+    [live] = RemovalJob.objects.filter(status=JobStatus.QUEUED)
+    assert live.source_name == Product.objects.get(pk=product.pk).photo.name

@@ -338,3 +338,17 @@ def test_a_project_with_no_imagekit_fails_manage_py_check(tmp_path):
     assert result.returncode != 0
     assert "imagekit_bgremove.E010" in result.stderr
     assert "IMAGEKIT_BGREMOVE['PRIVATE_KEY'] is not set" in result.stderr
+
+
+class _JobsElsewhere:
+    def db_for_read(self, model, **hints):
+        return "other" if model._meta.app_label == "imagekit_bgremove" else None
+
+    db_for_write = db_for_read
+
+
+def test_the_apps_tables_outside_the_default_database_are_an_error(settings):
+    settings.DATABASE_ROUTERS = [_JobsElsewhere()]
+    assert "imagekit_bgremove.E013" in run()
+    settings.DATABASE_ROUTERS = ["tests.routers.PosterRouter"]
+    assert "imagekit_bgremove.E013" not in run()

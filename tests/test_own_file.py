@@ -97,3 +97,23 @@ def test_a_foreign_result_is_never_handed_to_identical_images(client, dummy_task
     post(client, url_for(original), success("file_theirs", "ver_9"))
     twin.refresh_from_db()
     assert twin.status == JobStatus.WAITING and not twin.result_url
+
+
+def test_an_unsigned_second_result_does_not_replace_the_one_being_stored(client, dummy_tasks):
+    job = make_job(file_id="file_abc")
+    assert post(client, url_for(job), success("file_abc", "ver_1")).json()["verdict"] == "accepted"
+    job.refresh_from_db()
+    assert job.status == JobStatus.RECEIVED
+    forged = post(client, url_for(job), success("file_abc", "ver_forged"), sign=False)
+    assert (forged.status_code, forged.json()["verdict"]) == (200, "ignored")
+    assert unchanged(job) and job.result_version_id == "ver_1"
+
+
+def test_an_unsigned_result_is_not_kept_for_identical_images(client, dummy_tasks):
+    job = make_job(file_id="file_abc", status=JobStatus.SUPERSEDED)
+    forged = post(client, url_for(job), success("file_abc", "ver_forged"), sign=False)
+    assert forged.json()["verdict"] == "ignored" and unchanged(job) and not job.result_url
+    genuine = post(client, url_for(job), success("file_abc", "ver_real"))
+    assert genuine.json()["verdict"] == "ignored"  # kept, not taken
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUPERSEDED and job.result_version_id == "ver_real"

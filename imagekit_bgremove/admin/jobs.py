@@ -406,7 +406,7 @@ class RemovalJobAdmin(ReadOnlyAdmin):
         object, as starting one does); back to ``next`` (the page it was asked from)."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        job = RemovalJob.objects.select_related("content_type").filter(pk=object_id).first()
+        job = self.get_object(request, unquote(object_id))
         if job is None or not may_cancel(self.admin_site, request, job, any_status=True):
             raise PermissionDenied
         try:

@@ -149,9 +149,20 @@ def _mark_enqueue_failed(job_id: int):
 
 
 def enqueue_submit_on_commit(job_id: int, *, using: str | None = None) -> None:
-    queueing.enqueue_on_commit(
-        queueing.SUBMIT, job_id, on_error=_mark_enqueue_failed(job_id), using=using
-    )
+    """Enqueue the submit once the job's database has committed, and, when the object lives in
+    another database (``using``), once that one has too: either may hold an outer transaction
+    (``ATOMIC_REQUESTS`` on one database only), and the worker must find both rows."""
+    jobs_db = router.db_for_write(RemovalJob)
+
+    def enqueue() -> None:
+        queueing.enqueue_on_commit(
+            queueing.SUBMIT, job_id, on_error=_mark_enqueue_failed(job_id), using=jobs_db
+        )
+
+    if using is None or using == jobs_db:
+        enqueue()
+    else:
+        transaction.on_commit(enqueue, using=using, robust=True)
 
 
 def _atomic(objects_db: str, jobs_db: str, *, savepoint: bool = True) -> Any:
@@ -432,14 +443,15 @@ def request_batch(
     A fixed number of queries per batch, whatever its size: lock the rows, supersede their
     unfinished jobs, insert the new ones. Returns the new job ids."""
     content_type = owner_content_type(model, field.name)
-    pks = [pk for pk, _ in rows]
-    object_ids = [str(pk) for pk in pks]
     now = timezone.now()
     objects_db = router.db_for_write(model)
     with _atomic(objects_db, router.db_for_write(RemovalJob)):
-        budget.reserve(len(rows))
         objects = model._base_manager.db_manager(objects_db).select_for_update()
-        list(objects.filter(pk__in=pks).values_list("pk"))
+        # What the rows hold now, under the lock: an upload since the caller read them wins.
+        held = dict(objects.filter(pk__in=[pk for pk, _ in rows]).values_list("pk", field.attname))
+        rows = [(pk, held[pk]) for pk, _ in rows if held.get(pk)]
+        object_ids = [str(pk) for pk, _ in rows]
+        budget.reserve(len(rows))
         live = RemovalJob.objects.filter(
             content_type=content_type,
             field_name=field.name,

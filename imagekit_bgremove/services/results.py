@@ -99,7 +99,7 @@ def _decide(job_id: int, callback: Callback, *, trusted: bool, source: str) -> C
             "ignored", f"Job #{job.pk} is {job.status}; the {source} is ignored.", job
         )
     if job.status in (JobStatus.SUPERSEDED, JobStatus.CANCELLED):
-        return _keep_for_identical(job, callback, source=source)
+        return _keep_for_identical(job, callback, trusted=trusted, source=source)
     if callback.succeeded:
         assert callback.result is not None
         return _accept_result(job, callback.result, trusted=trusted, source=source)
@@ -139,7 +139,9 @@ def _not_its_own(job: RemovalJob, callback: Callback) -> CallbackOutcome | None:
     return None
 
 
-def _keep_for_identical(job: RemovalJob, callback: Callback, *, source: str) -> CallbackOutcome:
+def _keep_for_identical(
+    job: RemovalJob, callback: Callback, *, trusted: bool, source: str
+) -> CallbackOutcome:
     """A job that was superseded or cancelled while ImageKit worked on it does not take its
     result, but the run was paid for: it is kept on the job (its state unchanged) for the
     identical images waiting on it, or saved later (``dedupe``)."""
@@ -148,6 +150,11 @@ def _keep_for_identical(job: RemovalJob, callback: Callback, *, source: str) -> 
     refused = _not_its_own(job, callback)
     if refused is not None:
         return refused
+    if not trusted:
+        # What is kept is handed to identical images without another look: signed bodies only.
+        return CallbackOutcome(
+            "ignored", f"Job #{job.pk} is {job.status}; an unsigned callback is not kept.", job
+        )
     if callback.succeeded:
         assert callback.result is not None
         changes: dict[str, Any] = callback.result.job_fields()
@@ -193,6 +200,12 @@ def _accept_result(
             "ignored",
             f"An unsigned result for job #{job.pk} is taken only with WEBHOOK_CONFIRM_WITH_API.",
             job,
+        )
+    if job.status == JobStatus.RECEIVED and not trusted:
+        # A result is being stored; an unsigned body must not replace it (a forged version
+        # would make the copy's confirmation fail, and the genuine callback is not sent again).
+        return CallbackOutcome(
+            "ignored", f"Job #{job.pk} is storing a result; an unsigned other one is ignored.", job
         )
     sources = list(RESULT_SOURCES)
     if job.status == JobStatus.FAILED:
