@@ -2,7 +2,8 @@
 user's rows): the latest job of each removal field, the latest that succeeded, and the cut-out of
 the *current* image.
 
-Which image is current: every save that stores a new image records a job with trigger ``save``,
+Which image is current: every save that stores a new image, when its trigger asks for a removal,
+records a job with trigger ``save`` (docs/STATE.md says what a declining trigger leaves),
 so the current image's jobs are the newest such job and those after it (admin, API, command and
 retry requests are for the image the object holds). A success before it is an earlier image's,
 even when a storage that keeps names (S3's ``file_overwrite``) gave both images one name.
