@@ -1,5 +1,5 @@
 """The file APIs on ``api.imagekit.io``: list and search, details, update details (with
-extensions), versions and restore."""
+extensions), versions and restore, delete."""
 
 from __future__ import annotations
 
@@ -76,6 +76,14 @@ def restore_version(call: Call) -> Reply:
         _version(record, call.params["version_id"])
         record = store.restore(record.id, call.params["version_id"])
         return Reply(200, file_details(record, record.current, call.emulator.url_endpoint))
+
+
+def delete_file(call: Call) -> Reply:
+    store = call.emulator.store
+    with store.lock:
+        record = _file(call, call.params["file_id"])
+        store.delete_file(record.id)
+    return Reply(204, None)
 
 
 # ---------------------------------------------------------------------------- update details
@@ -300,6 +308,7 @@ def list_files(call: Call) -> Reply:
 
 
 __all__ = [
+    "delete_file",
     "get_details",
     "get_version",
     "list_files",

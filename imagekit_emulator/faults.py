@@ -21,6 +21,7 @@ API_ENDPOINTS = (
     "list_files",
     "get_details",
     "update_details",
+    "delete_file",
     "list_versions",
     "get_version",
     "restore_version",

@@ -121,6 +121,8 @@ class Store:
             record = FileRecord(**raw, versions=versions)
             self.files[record.id] = record
             self.paths[record.file_path] = record.id
+        if "deleted_file" in entry:
+            self._forget(entry["deleted_file"])
         if "job" in entry:
             self.jobs[entry["job"]["id"]] = Job(**entry["job"])
         if "callback" in entry:
@@ -408,6 +410,24 @@ class Store:
             version.updated_at = now_ms()
             self._log(file=record)
             return record
+
+    def delete_file(self, file_id: str) -> None:
+        """Delete the file and all its versions (their bytes too)."""
+        with self.lock:
+            self._forget(file_id)
+            self._log(deleted_file=file_id)
+
+    def _forget(self, file_id: str) -> None:
+        record = self.files.pop(file_id, None)
+        if record is None:
+            return
+        self.paths.pop(record.file_path, None)
+        for version in record.versions:
+            if not self.data_dir:
+                self._blobs.pop(version.id, None)
+                continue
+            with contextlib.suppress(OSError):
+                self._blob_path(version.id).unlink()
 
     def restore(self, file_id: str, version_id: str) -> FileRecord:
         """Make an existing version current again (no new version is created)."""

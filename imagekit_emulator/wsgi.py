@@ -58,6 +58,7 @@ _API: dict[str, Handler] = {
     "list_files": api_files.list_files,
     "get_details": api_files.get_details,
     "update_details": api_files.update_details,
+    "delete_file": api_files.delete_file,
     "list_versions": api_files.list_versions,
     "get_version": api_files.get_version,
     "restore_version": api_files.restore_version,
@@ -77,6 +78,7 @@ _ROUTES = Map(
         Rule("/v1/files", methods=["GET"], endpoint="list_files"),
         Rule("/v1/files/<file_id>/details", methods=["GET"], endpoint="get_details"),
         Rule("/v1/files/<file_id>/details", methods=["PATCH"], endpoint="update_details"),
+        Rule("/v1/files/<file_id>", methods=["DELETE"], endpoint="delete_file"),
         Rule("/v1/files/<file_id>/versions", methods=["GET"], endpoint="list_versions"),
         Rule("/v1/files/<file_id>/versions/<version_id>", methods=["GET"], endpoint="get_version"),
         Rule(
@@ -102,6 +104,8 @@ class _Dropped(ConnectionError):
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+    if status == 204:
+        return Response(status=204, headers=headers)
     body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
     return Response(
         body, status=status, content_type="application/json; charset=utf-8", headers=headers

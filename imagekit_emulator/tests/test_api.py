@@ -744,3 +744,27 @@ def test_png_with_alpha_is_reported(ik):
     r = upload(ik, buffer.getvalue(), name="alpha.png").json()
     details = api(ik, "GET", f"/v1/files/{r['fileId']}/details").json()
     assert details["mime"] == "image/png" and details["hasAlpha"] is True
+
+
+def test_delete_file_removes_every_version_and_then_404s(tmp_path):
+    with running_emulator(data_dir=str(tmp_path)) as ik:
+        a = upload(ik, name="gone.jpg", useUniqueFileName="false").json()
+        upload(ik, sample_image(colour=(0, 0, 0)), name="gone.jpg", useUniqueFileName="false")
+        kept = upload(ik, name="kept.jpg").json()
+        deleted = api(ik, "DELETE", f"/v1/files/{a['fileId']}")
+        assert deleted.status_code == 204 and deleted.content == b""
+        assert api(ik, "GET", f"/v1/files/{a['fileId']}/details").status_code == 404
+        assert requests.get(a["url"], timeout=5).status_code == 404
+        again = api(ik, "DELETE", f"/v1/files/{a['fileId']}")
+        assert again.status_code == 404
+        assert again.json() == {"message": "The requested file does not exist.", "help": HELP}
+        assert api(ik, "DELETE", "/v1/files/not%20an%20id").status_code == 400
+        assert api(ik, "DELETE", f"/v1/files/{kept['fileId']}", auth=None).status_code == 401
+        port = ik.port
+    assert len(list((tmp_path / "blobs").iterdir())) == 1  # only kept.jpg's bytes are left
+    with running_emulator(data_dir=str(tmp_path), port=port) as restarted:
+        assert api(restarted, "GET", f"/v1/files/{a['fileId']}/details").status_code == 404
+        assert api(restarted, "GET", f"/v1/files/{kept['fileId']}/details").status_code == 200
+        # The path is free again, as after a real deletion.
+        again = upload(restarted, name="gone.jpg", useUniqueFileName="false").json()
+        assert again["fileId"] != a["fileId"]
