@@ -245,6 +245,11 @@ class FakeImageKit:
         script = self._next_script("get_file_details")
         return self._answer("get_file_details", script, self._details(self._file(file_id)))
 
+    def delete_file(self, file_id: str) -> None:
+        script = self._next_script("delete_file")
+        self._files.pop(file_id, None)  # like the client: a file already gone counts as deleted
+        return self._answer("delete_file", script, None)
+
     def list_versions(self, file_id: str) -> list[dict[str, Any]]:
         script = self._next_script("list_versions")
         stored = self._file(file_id)

@@ -753,3 +753,23 @@ def test_get_client_refuses_when_no_imagekit_is_configured(settings):
     settings.IMAGEKIT_BGREMOVE = {"WEBHOOK_BASE_URL": "http://testserver"}
     with pytest.raises(ImproperlyConfigured, match=r"PRIVATE_KEY.*EMULATOR_URL"):
         get_client()
+
+
+def test_delete_file_at_the_emulator_and_a_file_already_gone_counts_as_deleted(emulator):
+    client = get_client()
+    file_id = client.upload(b"GIF89a" + b"\0" * 64, "gone.gif")["fileId"]
+    client.delete_file(file_id)
+    with pytest.raises(NotFoundError):
+        client.get_file_details(file_id)
+    client.delete_file(file_id)  # a rerun after a lost answer finds it gone
+
+
+def test_delete_file_raises_other_refusals(client, httpserver):
+    serve(
+        httpserver,
+        "/v1/files/abc",
+        Script((403, {"message": "Your account cannot be authenticated."}, {})),
+        method="DELETE",
+    )
+    with pytest.raises(AuthenticationError):
+        client.delete_file("abc")

@@ -244,6 +244,15 @@ class ImageKitClient(Transport):
     def get_file_details(self, file_id: str) -> dict[str, Any]:
         return self._call("GET", self._file_url(file_id, "details"))
 
+    def delete_file(self, file_id: str) -> None:
+        """Delete the file and all its versions. A file that is not there (404) counts as
+        deleted: a retried or repeated deletion finds it gone."""
+        try:
+            self._request("DELETE", self._file_url(file_id), handle=lambda response: None)
+        except ImageKitError as exc:
+            if exc.status != 404:
+                raise
+
     def list_versions(self, file_id: str) -> list[dict[str, Any]]:
         return self._call("GET", self._file_url(file_id, "versions"))
 
