@@ -134,6 +134,8 @@ class RemovalJob(models.Model):
     upload_path = models.CharField(max_length=600, blank=True)
     file_id = models.CharField(max_length=100, blank=True)  # ikbg_job_file_idx, partial
     file_path = models.CharField(max_length=500, blank=True)
+    # When prune_removal_results --imagekit-originals deleted the uploaded file at ImageKit.
+    original_deleted_at = models.DateTimeField(null=True, blank=True)
     source_version_id = models.CharField(max_length=100, blank=True)
     # The result: normally a new version of ``file_id``; ImageKit may also name another file.
     result_file_id = models.CharField(max_length=100, blank=True)

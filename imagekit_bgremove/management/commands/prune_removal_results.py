@@ -1,36 +1,67 @@
-"""Delete the stored cut-outs that a newer cut-out of the same image field has replaced."""
+"""Delete the stored cut-outs that a newer cut-out of the same image field has replaced and,
+with ``--imagekit-originals``, the files the app uploaded to ImageKit for them."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.core.files.storage import Storage
-from django.core.management.base import BaseCommand
-from django.db.models import OuterRef, Subquery
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
 
-from imagekit_bgremove.models import JobStatus, RemovalJob
+from imagekit_bgremove.exceptions import ImageKitError
+from imagekit_bgremove.models import ContentClaim, JobStatus, RemovalJob
+from imagekit_bgremove.services import remote
 
 
-def superseded_results():
-    """Succeeded jobs with a stored copy that are not the latest success of their field.
+def replaced_jobs() -> QuerySet[RemovalJob]:
+    """Succeeded jobs that are not the latest success of their field.
 
     The latest success is what the field shows (``last_success``, kept while a newer job runs
-    or fails); every older copy is only reachable from the job's own admin page.
+    or fails); every older result is only reachable from the job's own admin page.
     """
-    latest = RemovalJob.objects.filter(
+    return RemovalJob.objects.filter(_replaced())
+
+
+def _replaced() -> Q:
+    newer = RemovalJob.objects.filter(
         status=JobStatus.SUCCEEDED,
         content_type=OuterRef("content_type"),
         object_id=OuterRef("object_id"),
         field_name=OuterRef("field_name"),
-    ).order_by("-id")
+        pk__gt=OuterRef("pk"),
+    )
+    return Q(status=JobStatus.SUCCEEDED) & Q(Exists(newer))
+
+
+def superseded_results() -> QuerySet[RemovalJob]:
+    """Replaced jobs that still have a stored copy."""
+    return replaced_jobs().exclude(result_name="").select_related("content_type").order_by("pk")
+
+
+def uploaded_originals() -> QuerySet[RemovalJob]:
+    """Replaced jobs whose file at ImageKit the app uploaded itself and has not deleted yet.
+
+    A job on a file the user brought (``imagekit_file_id_field``) has no ``upload_path``; a job
+    that shared an identical image's result has ``duplicate_of``: neither uploaded anything.
+    """
     return (
-        RemovalJob.objects.filter(status=JobStatus.SUCCEEDED)
-        .exclude(result_name="")
-        .exclude(pk=Subquery(latest.values("pk")[:1]))
-        .select_related("content_type")
+        replaced_jobs()
+        .exclude(upload_path="")
+        .exclude(file_id="")
+        .filter(duplicate_of__isnull=True, original_deleted_at__isnull=True)
         .order_by("pk")
     )
+
+
+def _still_used(job: RemovalJob) -> bool:
+    """Whether a job that is not itself replaced uses ``job``'s file: a twin that shared or
+    waits for its result, or any job naming the file."""
+    users = RemovalJob.objects.filter(Q(duplicate_of=job) | Q(file_id=job.file_id))
+    return users.exclude(_replaced()).exists()
 
 
 class Command(BaseCommand):
@@ -41,8 +72,18 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--delete", action="store_true", help="Really delete the files.")
+        parser.add_argument(
+            "--imagekit-originals",
+            action="store_true",
+            help=(
+                "Also delete at ImageKit the files the app uploaded for those jobs (the original "
+                "and its cut-out versions), unless a current job still uses them."
+            ),
+        )
 
-    def handle(self, *args: Any, delete: bool, verbosity: int, **options: Any) -> None:
+    def handle(
+        self, *args: Any, delete: bool, imagekit_originals: bool, verbosity: int, **options: Any
+    ) -> None:
         storages: dict[tuple[int, str], Storage | None] = {}
         count = size = 0
         for job in superseded_results().iterator(chunk_size=500):
@@ -68,6 +109,44 @@ class Command(BaseCommand):
             f"{verb} {count} superseded cut-out{'' if count == 1 else 's'} "
             f"({filesizeformat(size)})." + ("" if delete else " Run with --delete to delete them.")
         )
+        if imagekit_originals:
+            self._prune_originals(delete, verbosity)
+
+    def _prune_originals(self, delete: bool, verbosity: int) -> None:
+        count = failed = 0
+        for job in uploaded_originals().iterator(chunk_size=500):
+            if not delete:
+                if not _still_used(job):
+                    count += 1
+                    if verbosity > 1:
+                        self.stdout.write(f"job {job.pk}: ImageKit file {job.file_id}")
+                continue
+            with transaction.atomic():
+                # Locking the job's content claim first keeps an identical new job from
+                # starting to share its result while we look; dropping the claim makes the
+                # next identical image pay again instead of sharing a deleted file.
+                list(ContentClaim.objects.select_for_update().filter(job=job))
+                if _still_used(job):
+                    continue
+                ContentClaim.objects.filter(job=job).delete()
+            # ImageKit first, then the record: a run killed in between deletes again, which
+            # finds the file gone (a 404 counts as deleted).
+            try:
+                remote.client().delete_file(job.file_id)
+            except ImageKitError as exc:
+                failed += 1
+                self.stderr.write(f"Job {job.pk}: {remote.readable(exc, 'delete the file')}")
+                continue
+            RemovalJob.objects.filter(pk=job.pk).update(original_deleted_at=timezone.now())
+            count += 1
+            if verbosity > 1:
+                self.stdout.write(f"job {job.pk}: deleted ImageKit file {job.file_id}")
+        verb = "Deleted" if delete else "Would delete"
+        self.stdout.write(
+            f"{verb} {count} uploaded original{'' if count == 1 else 's'} at ImageKit."
+        )
+        if failed:
+            raise CommandError(f"{failed} ImageKit file(s) could not be deleted; see above.")
 
 
 def _storage(job: RemovalJob) -> Storage | None:
