@@ -150,8 +150,8 @@ def _keep_for_identical(
     refused = _not_its_own(job, callback)
     if refused is not None:
         return refused
-    if not trusted:
-        # What is kept is handed to identical images without another look: signed bodies only.
+    if not (trusted or app_settings.WEBHOOK_CONFIRM_WITH_API):
+        # As for a result taken (_accept_result): an identical image's finalize confirms it.
         return CallbackOutcome(
             "ignored", f"Job #{job.pk} is {job.status}; an unsigned callback is not kept.", job
         )
