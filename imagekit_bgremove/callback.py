@@ -1,4 +1,4 @@
-"""ImageKit's remove-bg callback and file details, parsed once into typed values.
+"""ImageKit's extension callback and file details, parsed once into typed values.
 
 The webhook, the scheduled checks, reconcile and the ``remove_background`` command all read
 ImageKit's answers through these functions, so there is one idea of what a result is.
@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SERVICE = "remove-bg"
+from . import removebg
+
 MAX_ID_CHARS = 100
 MAX_URL_CHARS = 2000
 
@@ -114,7 +115,7 @@ def parse_callback(payload: Any) -> Callback:
     if not isinstance(payload, Mapping):
         raise CallbackError("The callback body must be a JSON object.")
     service = payload.get("service")
-    if service != SERVICE:
+    if service != removebg.NAME:
         shown = service if isinstance(service, str) else type(service).__name__
         raise CallbackError(f"Not a remove-bg callback (service {shown[:50]!r}).")
     status = payload.get("status")
@@ -140,12 +141,3 @@ def failure_reason(error: Any) -> str:
     if isinstance(error, str) and error:
         return error[:1000]
     return "no reason given"
-
-
-def extension_status(response: Mapping[str, Any]) -> str:
-    """remove-bg's status in an upload or update answer: pending, success or failed."""
-    statuses = response.get("extensionStatus")
-    if not isinstance(statuses, Mapping):
-        return "pending"
-    value = statuses.get(SERVICE, "pending")
-    return str(value).lower() if isinstance(value, str) else "pending"

@@ -44,7 +44,7 @@ from django.http.request import split_domain_port, validate_host
 
 from .conf import DEFAULTS, SETTINGS_NAME, app_settings
 from .inputs import InputError, check_bg_image_url
-from .options import NON_FIELD, OptionsError, RemoveBgOptions
+from .removebg import NON_FIELD, OptionsError, RemoveBgOptions
 
 TAG = "imagekit_bgremove"
 PREFIX = "imagekit_bgremove"

@@ -32,7 +32,7 @@ from django.db.models.signals import class_prepared, post_init, post_save
 from . import services
 from .inputs import validate_image_pixels
 from .models import Trigger
-from .options import OptionsError, RemoveBgOptions
+from .removebg import OptionsError, RemoveBgOptions
 from .state import forget_state, state_of
 
 logger = logging.getLogger(__name__)

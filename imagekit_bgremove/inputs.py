@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .conf import app_settings
-from .options import OptionsError, RemoveBgOptions
+from .removebg import OptionsError, RemoveBgOptions
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -9,7 +9,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.utils import timezone
 
-from .options import RemoveBgOptions
+from .removebg import RemoveBgOptions
 
 
 class JobStatus(models.TextChoices):

@@ -83,7 +83,7 @@ from .api_schema import OpenApiExample, extend_schema
 from .conf import app_settings
 from .inputs import InputError, check_pixels
 from .models import JobStatus, Trigger
-from .options import OptionsError
+from .removebg import OptionsError
 from .state import prefetch_removal_state
 
 __all__ = [

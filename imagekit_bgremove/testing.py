@@ -33,13 +33,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from . import client as client_module
+from . import removebg
 from .conf import app_settings
 from .exceptions import ImageKitError, TransportError
 from .signatures import signature_headers
 
 #: Where the fake's files are "delivered" from; its ``download`` serves these URLs.
 URL_ENDPOINT = "https://ik.imagekit.io/fake"
-REMOVE_BG = "remove-bg"
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Call:
     def options(self) -> dict[str, Any] | None:
         """The remove-bg options sent, or None when remove-bg was not asked for."""
         for item in self.arguments.get("extensions") or ():
-            if isinstance(item, Mapping) and item.get("name") == REMOVE_BG:
+            if isinstance(item, Mapping) and item.get("name") == removebg.NAME:
                 return dict(item.get("options") or {})
         return None
 
@@ -226,7 +226,7 @@ class FakeImageKit:
         self.calls.append(call)
         answer = self._details(stored)
         if call.options is not None:
-            answer["extensionStatus"] = {REMOVE_BG: script.extension_status or "pending"}
+            answer["extensionStatus"] = {removebg.NAME: script.extension_status or "pending"}
         return self._answer("upload", script, answer)
 
     def update_file_details(self, file_id: str, **kwargs: Any) -> dict[str, Any]:
@@ -238,7 +238,7 @@ class FakeImageKit:
         self.calls.append(call)
         answer = self._details(stored)
         if call.options is not None:
-            answer["extensionStatus"] = {REMOVE_BG: script.extension_status or "pending"}
+            answer["extensionStatus"] = {removebg.NAME: script.extension_status or "pending"}
         return self._answer("update_file_details", script, answer)
 
     def get_file_details(self, file_id: str) -> dict[str, Any]:
@@ -314,13 +314,13 @@ class FakeImageKit:
             data = result if result is not None else cut_out(stored.versions[stored.current].data)
             self._add_version(stored, data, "image/png")
             payload: dict[str, Any] = {
-                "service": REMOVE_BG,
+                "service": removebg.NAME,
                 "status": "SUCCESS",
                 "fileObject": self._details(stored),
             }
         elif status == "FAILURE":
             payload = {
-                "service": REMOVE_BG,
+                "service": removebg.NAME,
                 "status": "FAILURE",
                 "fileId": stored.id,
                 "error": dict(error or {"message": "remove.bg could not process the image"}),

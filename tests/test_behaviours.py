@@ -268,7 +268,7 @@ def test_a_model_in_another_database_is_sent_only_once_both_databases_committed(
 
 
 def test_a_backfill_asks_for_the_image_the_row_holds_now(dummy_tasks):
-    from imagekit_bgremove.options import RemoveBgOptions
+    from imagekit_bgremove.removebg import RemoveBgOptions
 
     product = Product.objects.create(name="mug", photo=make_image("a.png", seed=1))
     read_by_the_backfill = [(product.pk, product.photo.name)]

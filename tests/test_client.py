@@ -35,7 +35,7 @@ from imagekit_bgremove.exceptions import (
     ServerError,
     TransportError,
 )
-from imagekit_bgremove.options import RemoveBgOptions
+from imagekit_bgremove.removebg import RemoveBgOptions
 
 KEY = "private_tEsT+KeY/0123456789abcdef="
 UPLOAD_PATH = "/api/v1/files/upload"

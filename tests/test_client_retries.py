@@ -26,7 +26,7 @@ from imagekit_bgremove.exceptions import (
     TooManyUpdatesError,
     TransportError,
 )
-from imagekit_bgremove.options import RemoveBgOptions
+from imagekit_bgremove.removebg import RemoveBgOptions
 from tests.test_client import KEY, UPLOAD_PATH, UPLOADED, Script, serve
 
 TOO_MANY = "You have sent too many requests to update the file recently. Please try again later."

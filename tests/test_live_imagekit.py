@@ -40,7 +40,7 @@ import pytest
 from imagekit_bgremove.callback import parse_callback
 from imagekit_bgremove.client import ImageKitClient, original_url
 from imagekit_bgremove.images import sniff_image
-from imagekit_bgremove.options import RemoveBgOptions
+from imagekit_bgremove.removebg import RemoveBgOptions
 from imagekit_bgremove.signatures import SIGNATURE_HEADERS, has_signature, verify_callback
 
 KEY = os.environ.get("IMAGEKIT_LIVE_PRIVATE_KEY", "")

@@ -16,7 +16,7 @@ def take(plan: Plan) -> dict[str, Any]:
 
     from example_project.catalogue.models import Product
     from imagekit_bgremove.models import RemovalJob, WebhookCount, WebhookDelivery
-    from imagekit_bgremove.options import RemoveBgOptions
+    from imagekit_bgremove.removebg import RemoveBgOptions
     from imagekit_bgremove.state import prefetch_removal_state, state_of
 
     storage = Product._meta.get_field("photo").storage

@@ -11,7 +11,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from ..inputs import check_options
-from ..options import NON_FIELD, OptionsError, RemoveBgOptions
+from ..removebg import NON_FIELD, OptionsError, RemoveBgOptions
 
 ADMIN_STATIC = "imagekit_bgremove/admin/"
 

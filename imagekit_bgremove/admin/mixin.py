@@ -19,7 +19,7 @@ from django.utils.translation import gettext_lazy
 
 from .. import services
 from ..models import JobStatus, RemovalJob
-from ..options import OptionsError, RemoveBgOptions
+from ..removebg import OptionsError, RemoveBgOptions
 from ..state import prefetch_removal_state, state_of
 from . import pages
 from .display import (

@@ -25,7 +25,7 @@ from django.utils.translation import gettext_lazy, ngettext
 
 from .. import services
 from ..models import RemovalJob, Trigger
-from ..options import OptionsError, RemoveBgOptions
+from ..removebg import OptionsError, RemoveBgOptions
 from .display import (
     BREADCRUMBS_AS_LIST,
     EMULATOR_NOTE,

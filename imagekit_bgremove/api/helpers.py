@@ -19,7 +19,7 @@ from django.utils.http import parse_etags
 from rest_framework.settings import api_settings
 
 from ..models import RemovalJob
-from ..options import NON_FIELD, OptionsError
+from ..removebg import NON_FIELD, OptionsError
 
 # ---------------------------------------------------------------------------------------------
 # Helpers shared by serializers and views

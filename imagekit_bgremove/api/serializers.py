@@ -20,7 +20,7 @@ from ..api_schema import (
 )
 from ..inputs import check_options
 from ..models import JobStatus, RemovalJob
-from ..options import OptionsError, RemoveBgOptions
+from ..removebg import OptionsError, RemoveBgOptions
 from ..safejson import loads
 from .helpers import (
     job_content_type,

@@ -32,7 +32,7 @@ from ..api_schema import (
     header,
 )
 from ..models import JobStatus, RemovalJob, Trigger
-from ..options import OptionsError, RemoveBgOptions
+from ..removebg import OptionsError, RemoveBgOptions
 from .helpers import (
     etag_matches,
     job_content_type,

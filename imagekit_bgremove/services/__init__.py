@@ -14,7 +14,7 @@ Below them: ``lifecycle`` (moves shared by every stage), ``queueing`` (enqueue b
 """
 
 from ..callback import CallbackError, failure_reason, parse_callback
-from ..options import OptionsError
+from ..removebg import OptionsError
 from . import budget
 from .budget import BudgetExhausted
 from .finalization import finalize

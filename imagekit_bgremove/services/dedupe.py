@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from .. import lifecycle, queueing
 from ..models import ContentClaim, JobStatus, RemovalJob
-from ..options import RemoveBgOptions
+from ..removebg import RemoveBgOptions
 from .reconciliation import schedule_check
 
 Decision = Literal["own", "share", "wait"]

@@ -13,6 +13,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
+from .. import removebg
 from ..callback import CallbackError, RemoteFile, parse_file
 from ..conf import app_settings
 from ..exceptions import ImageKitError
@@ -134,32 +135,28 @@ def original_version(job: RemovalJob, file_id: str) -> str:
     return current.version_id  # replaced at ImageKit since: the new upload is the original
 
 
-def find_new_version(file_id: str, source_version: str) -> RemoteFile | None:
-    """The current version of ``file_id`` if it is not ``source_version`` (remove-bg's result is
-    a new version of the file), else None. With no ``source_version`` known, the file's first
-    version is taken for the original."""
+def find_new_version(
+    file_id: str, source_version: str, source_size: int | None = None
+) -> RemoteFile | None:
+    """The current version of ``file_id`` if it is remove-bg's result (``removebg.is_result``),
+    else None. With no ``source_version`` known, the file's first version is taken for the
+    original."""
     current = current_version(file_id)
     if current is None or not current.version_id:
         return None
     if not source_version:
         listed = sorted(versions(file_id), key=lambda v: v.created_at)
         source_version = listed[0].version_id if listed else ""
-    if source_version and current.version_id != source_version:
+    if source_version and removebg.is_result(current, source_version, source_size):
         return current
     return None
 
 
 def find_result(job: RemovalJob) -> RemoteFile | None:
-    """The result of ``job`` if ImageKit has it yet (None while there is none).
-
-    A new version the size of the original is not taken for the result: it is the original
-    uploaded again (a repeated upload overwrites the file with a new version), not a cut-out."""
+    """The result of ``job`` if ImageKit has it yet (None while there is none)."""
     if not job.file_id:
         return None
-    found = find_new_version(job.file_id, job.source_version_id)
-    if found is not None and job.source_size and found.size == job.source_size:
-        return None
-    return found
+    return find_new_version(job.file_id, job.source_version_id, job.source_size)
 
 
 def confirm(job: RemovalJob) -> RemoteFile | None:

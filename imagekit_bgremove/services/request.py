@@ -20,7 +20,7 @@ from django.utils import timezone
 from .. import lifecycle, queueing
 from ..conf import app_settings
 from ..models import UNFINISHED, JobStatus, RemovalJob, Trigger, owner_content_type
-from ..options import OptionsError, RemoveBgOptions
+from ..removebg import OptionsError, RemoveBgOptions
 from ..signals import removal_failed
 from ..state import forget_state
 from ..tokens import make_token

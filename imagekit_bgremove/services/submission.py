@@ -21,13 +21,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from .. import lifecycle, queueing
-from ..callback import extension_status
 from ..conf import app_settings
 from ..exceptions import ImageKitError
 from ..images import HEAD_BYTES, sniff_image
 from ..inputs import InputError, check_options, check_pixels
 from ..models import JobStatus, RemovalJob
-from ..options import OptionsError, RemoveBgOptions
+from ..removebg import OptionsError, RemoveBgOptions, extension_status
 from . import dedupe, remote, results
 from .reconciliation import schedule_check
 from .request import file_id_of, removal_field, webhook_url

@@ -17,7 +17,7 @@ from imagekit_bgremove import services
 from imagekit_bgremove.fields import BackgroundRemovalImageField
 from imagekit_bgremove.inputs import check_options
 from imagekit_bgremove.models import JobStatus, Trigger
-from imagekit_bgremove.options import OptionsError, RemoveBgOptions
+from imagekit_bgremove.removebg import OptionsError, RemoveBgOptions
 from imagekit_bgremove.state import with_removal_status
 
 

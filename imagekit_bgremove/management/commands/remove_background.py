@@ -33,13 +33,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from imagekit_bgremove import safejson, signatures
-from imagekit_bgremove.callback import CallbackError, RemoteFile, extension_status, parse_callback
+from imagekit_bgremove.callback import CallbackError, RemoteFile, parse_callback
 from imagekit_bgremove.conf import app_settings
 from imagekit_bgremove.exceptions import ImageKitError
 from imagekit_bgremove.images import sniff_image
 from imagekit_bgremove.inputs import InputError, check_options, check_pixels
 from imagekit_bgremove.lifecycle import Refused
-from imagekit_bgremove.options import OptionsError, RemoveBgOptions
+from imagekit_bgremove.removebg import OptionsError, RemoveBgOptions, extension_status
 from imagekit_bgremove.services import budget, remote
 from imagekit_bgremove.services.finalization import fetch_result
 

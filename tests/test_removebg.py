@@ -1,4 +1,5 @@
-"""Every validation rule of RemoveBgOptions."""
+"""What the app knows about remove-bg: every validation rule of RemoveBgOptions, the request
+item, its status in an answer and which version of a file is its result."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.http import QueryDict
 
-from imagekit_bgremove.options import (
+from imagekit_bgremove.callback import RemoteFile
+from imagekit_bgremove.removebg import (
     MAX_URL_LENGTH,
     NON_FIELD,
     OptionsError,
     RemoveBgOptions,
+    extension_status,
+    is_result,
 )
 
 
@@ -255,3 +259,25 @@ def test_errors_round_trip_as_json():
     with pytest.raises(OptionsError) as info:
         RemoveBgOptions.from_dict({"bg_color": "nope"})
     assert json.loads(json.dumps(info.value.errors)) == info.value.errors
+
+
+def test_extension_status_reads_remove_bg_only():
+    assert extension_status({"extensionStatus": {"remove-bg": "FAILED"}}) == "failed"
+    assert extension_status({"extensionStatus": {"remove-bg": "success"}}) == "success"
+    assert extension_status({"extensionStatus": {"google-auto-tagging": "failed"}}) == "pending"
+    assert extension_status({"extensionStatus": {"remove-bg": 1}}) == "pending"
+    assert extension_status({"extensionStatus": "failed"}) == "pending"
+    assert extension_status({}) == "pending"
+
+
+def _version(version_id: str, size: int | None = 50) -> RemoteFile:
+    return RemoteFile(file_id="f1", version_id=version_id, url="https://ik.test/a.png", size=size)
+
+
+def test_result_is_a_new_version_other_than_the_original_uploaded_again():
+    assert is_result(_version("v2"), "v1", 100)
+    assert is_result(_version("v2"), "v1", None)
+    assert not is_result(_version("v1"), "v1", 100)  # still the version sent
+    assert not is_result(_version(""), "v1", 100)
+    assert not is_result(_version("v2", size=100), "v1", 100)  # the original uploaded again
+    assert is_result(_version("v2", size=None), "v1", 100)

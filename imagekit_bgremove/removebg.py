@@ -1,4 +1,12 @@
-"""The four remove-bg options as one validated value, shared by model defaults, admin and API."""
+"""Everything the app knows about ImageKit's remove-bg extension; the pipeline calls these.
+
+- its name, in the ``extensions`` item, the callback's ``service`` and ``extensionStatus``;
+- its four options as one validated value (:class:`RemoveBgOptions`), shared by model
+  defaults, admin and API, and the request item built from them (``to_extension``);
+- its status in an upload or update answer (:func:`extension_status`);
+- its result: a file, namely a new version of the file it ran on (:func:`is_result`), which
+  the callback's ``fileObject`` or the file details describe and finalization copies.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +14,15 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import safejson
 
-EXTENSION_NAME = "remove-bg"
+if TYPE_CHECKING:
+    from .callback import RemoteFile
+
+NAME = "remove-bg"
 MAX_URL_LENGTH = 2048
 NON_FIELD = "__all__"
 
@@ -174,7 +185,7 @@ class RemoveBgOptions:
             options["bg_color"] = self.bg_color
         if self.bg_image_url:
             options["bg_image_url"] = self.bg_image_url
-        return {"name": EXTENSION_NAME, "options": options}
+        return {"name": NAME, "options": options}
 
     def cache_key(self) -> str:
         """A stable string: equal options give equal keys (used to avoid paying twice)."""
@@ -192,6 +203,24 @@ class RemoveBgOptions:
 
 _FIELD_NAMES = tuple(f.name for f in fields(RemoveBgOptions))
 _DEFAULTS = RemoveBgOptions()
+
+
+def extension_status(response: Mapping[str, Any]) -> str:
+    """remove-bg's status in an upload or update answer: pending, success or failed."""
+    statuses = response.get("extensionStatus")
+    if not isinstance(statuses, Mapping):
+        return "pending"
+    value = statuses.get(NAME, "pending")
+    return str(value).lower() if isinstance(value, str) else "pending"
+
+
+def is_result(version: RemoteFile, source_version: str, source_size: int | None) -> bool:
+    """Whether ``version`` of the file remove-bg ran on is its result: a version other than the
+    one it started from, and not that original uploaded again (a repeated upload makes a new
+    version of the same size, which a cut-out is not)."""
+    if not version.version_id or version.version_id == source_version:
+        return False
+    return not (source_size and version.size == source_size)
 
 
 def _boolean(value: Any, *, form: bool) -> bool:
